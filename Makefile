@@ -1,0 +1,36 @@
+# Entry points for developers and CI: real services first, then cargo.
+# scripts/services.sh installs/starts PostgreSQL, RabbitMQ and moto idempotently.
+SHELL := /bin/bash
+
+.PHONY: services build test demo bench fmt lint clean-services
+
+services:
+	scripts/services.sh start
+
+build:
+	cargo build --workspace --bins
+
+test: services
+	set -a; eval "$$(scripts/services.sh env)"; \
+	if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run --workspace --no-fail-fast; \
+	else \
+		cargo test --workspace --no-fail-fast; \
+	fi
+
+demo: services build
+	scripts/demo.sh
+
+# Placeholder: the tether-bench crate comes later.
+bench: services
+	scripts/services.sh bench-tools
+	cargo run --release -p tether-bench
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+clean-services:
+	scripts/services.sh stop

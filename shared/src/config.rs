@@ -1,0 +1,42 @@
+//! Operator configuration (contract §5) shared by every process, read from
+//! the environment by clap so that `--help` documents each variable.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use crate::contract::Secret;
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret::new(s))
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// What every Tether process needs: where Postgres and RabbitMQ are, and
+/// where to serve metrics.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonConfig {
+    /// Postgres URL; may hold a password, so it is never printed.
+    #[arg(long, env = "TETHER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Secret,
+    /// RabbitMQ URL; the path is the virtual host.
+    #[arg(long, env = "TETHER_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Secret,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, env = "TETHER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Postgres connections per process.
+    #[arg(long, env = "TETHER_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+    #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}

@@ -1,0 +1,727 @@
+//! The fixed external interface (`contract.md`): AMQP names, the
+//! ImportRequest with every validation rule of §2, and the FinishedEvent of §4.
+//!
+//! Validation walks the JSON by hand rather than through `serde` derives so
+//! that every rejection names the offending field (`source.role_arn`) and says
+//! what a valid value looks like: the sentence ends up in the import's `error`
+//! and in the `x-tether-reject-reason` header.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+pub const EXCHANGE: &str = "tether";
+pub const REQUEST_QUEUE: &str = "tether.import-requests";
+pub const REJECTED_QUEUE: &str = "tether.rejected";
+pub const ROUTING_REQUEST: &str = "import.request";
+pub const ROUTING_CANCEL: &str = "import.cancel";
+pub const ROUTING_FINISHED: &str = "import.finished";
+pub const REJECT_REASON_HEADER: &str = "x-tether-reject-reason";
+/// Largest request body the contract accepts.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+pub const MAX_PREFIXES: usize = 1000;
+pub const MAX_PREFIX_BYTES: usize = 1024;
+pub const DEFAULT_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp"];
+pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 100 * 1024 * 1024;
+
+/// A string that must never be printed: `Debug` and `Display` show `******`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself, for the one place that must send it somewhere.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("******")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Link,
+    Copy,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Link => "link",
+            Mode::Copy => "copy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Source {
+    pub bucket: String,
+    pub region: Option<String>,
+    pub role_arn: String,
+    pub external_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcsSource {
+    pub bucket: String,
+    pub impersonate_service_account: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureSource {
+    pub account: String,
+    pub container: String,
+    pub sas_token: Secret,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    S3(S3Source),
+    Gcs(GcsSource),
+    Azure(AzureSource),
+}
+
+impl Source {
+    pub fn provider(&self) -> &'static str {
+        match self {
+            Source::S3(_) => "s3",
+            Source::Gcs(_) => "gcs",
+            Source::Azure(_) => "azure",
+        }
+    }
+
+    /// The URL of an object (or of a prefix) as `tether.images.source_url`
+    /// and `tether.import_failures.source_url` show it.
+    pub fn url(&self, key: &str) -> String {
+        match self {
+            Source::S3(s) => format!("s3://{}/{key}", s.bucket),
+            Source::Gcs(s) => format!("gs://{}/{key}", s.bucket),
+            Source::Azure(s) => format!("azure://{}/{}/{key}", s.account, s.container),
+        }
+    }
+}
+
+/// Which keys the extension filter lets through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extensions {
+    All,
+    /// Lower-case, without the dot.
+    Only(BTreeSet<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub extensions: Extensions,
+    pub max_object_bytes: u64,
+}
+
+impl Filter {
+    /// Whether the extension filter takes this key. Folder markers are not
+    /// asked: callers drop them before.
+    pub fn matches(&self, key: &str) -> bool {
+        match &self.extensions {
+            Extensions::All => true,
+            Extensions::Only(set) => {
+                let name = key.rsplit('/').next().unwrap_or(key);
+                match name.rsplit_once('.') {
+                    Some((_, ext)) => set.contains(&ext.to_ascii_lowercase()),
+                    None => false,
+                }
+            }
+        }
+    }
+}
+
+/// A validated ImportRequest (contract §2), prefixes already merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportRequest {
+    pub import_id: Uuid,
+    pub workspace_id: String,
+    pub dataset_id: String,
+    pub mode: Mode,
+    pub source: Source,
+    /// Sorted, none a prefix of another: no object is listed twice.
+    pub prefixes: Vec<String>,
+    pub filter: Filter,
+}
+
+/// Options of validation that come from the operator, not the request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValidationOptions {
+    /// `TETHER_GCS_ALLOW_OWN_IDENTITY`.
+    pub gcs_allow_own_identity: bool,
+}
+
+/// Why a request was refused, and which import it claimed to be, if readable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub import_id: Option<Uuid>,
+    /// One sentence that names the offending field and what would be valid.
+    pub reason: String,
+}
+
+/// A request body, parsed once: its digest is the idempotency check, its
+/// validation decides between recording and rejecting it.
+#[derive(Debug)]
+pub struct ParsedRequest {
+    /// sha256 of the canonical JSON (sorted keys, no spaces); `None` when the
+    /// body is not JSON at all.
+    pub digest: Option<[u8; 32]>,
+    pub outcome: Result<ImportRequest, Rejection>,
+}
+
+impl ParsedRequest {
+    pub fn import_id(&self) -> Option<Uuid> {
+        match &self.outcome {
+            Ok(r) => Some(r.import_id),
+            Err(r) => r.import_id,
+        }
+    }
+}
+
+/// Parses and validates one ImportRequest body.
+pub fn parse_request(body: &[u8], content_type: Option<&str>, options: ValidationOptions) -> ParsedRequest {
+    let reject = |import_id, reason: String| Err(Rejection { import_id, reason });
+    if body.len() > MAX_REQUEST_BYTES {
+        return ParsedRequest {
+            digest: None,
+            outcome: reject(
+                None,
+                format!(
+                    "the body is {} bytes, more than the 1 MiB limit: send fewer or shorter prefixes",
+                    body.len()
+                ),
+            ),
+        };
+    }
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return ParsedRequest {
+                digest: None,
+                outcome: reject(None, format!("the body is not valid JSON ({e}): send a JSON ImportRequest")),
+            }
+        }
+    };
+    let digest = Some(digest(&value));
+    let import_id = value
+        .get("import_id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok());
+    let outcome = match content_type {
+        Some(ct) if is_json_content_type(ct) => {
+            validate(&value, options).map_err(|reason| Rejection { import_id, reason })
+        }
+        Some(ct) => reject(
+            import_id,
+            format!("content_type is {ct:?}: publish the request with content_type application/json"),
+        ),
+        None => reject(
+            import_id,
+            "content_type is missing: publish the request with content_type application/json".into(),
+        ),
+    };
+    ParsedRequest { digest, outcome }
+}
+
+fn is_json_content_type(ct: &str) -> bool {
+    ct.split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// sha256 of the canonical form: keys sorted, no insignificant whitespace.
+pub fn digest(value: &Value) -> [u8; 32] {
+    let mut canonical = String::new();
+    write_canonical(value, &mut canonical);
+    Sha256::digest(canonical.as_bytes()).into()
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[key.as_str()], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+type Check<T> = Result<T, String>;
+
+fn validate(value: &Value, options: ValidationOptions) -> Check<ImportRequest> {
+    let top = value
+        .as_object()
+        .ok_or("the body is not a JSON object: send an ImportRequest object")?;
+    only_fields(top, "", &["version", "import_id", "workspace_id", "dataset_id", "mode", "source", "filter"])?;
+
+    match top.get("version") {
+        Some(v) if v.as_u64() == Some(1) => {}
+        Some(v) => return Err(format!("field `version` is {v}: only version 1 is supported")),
+        None => return Err("field `version` is missing: set it to 1".into()),
+    }
+    let import_id = required_str(top, "", "import_id")?;
+    let import_id = Uuid::parse_str(import_id)
+        .map_err(|_| format!("field `import_id` is {import_id:?}, not a UUID: use a UUID such as 3f0c1f4e-8a55-4a36-9a34-3c0f4b1f2e10"))?;
+    let workspace_id = identifier(top, "workspace_id")?;
+    let dataset_id = identifier(top, "dataset_id")?;
+    let mode = match required_str(top, "", "mode")? {
+        "link" => Mode::Link,
+        "copy" => Mode::Copy,
+        other => return Err(format!("field `mode` is {other:?}: use \"link\" or \"copy\"")),
+    };
+    let source_value = top.get("source").ok_or("field `source` is missing: name the bucket to import from")?;
+    let source_map = source_value
+        .as_object()
+        .ok_or("field `source` is not an object: give provider, bucket and the provider's fields")?;
+    let (source, prefixes) = validate_source(source_map, options)?;
+    let filter = match top.get("filter") {
+        None => Filter { extensions: default_extensions(), max_object_bytes: DEFAULT_MAX_OBJECT_BYTES },
+        Some(f) => validate_filter(f)?,
+    };
+    Ok(ImportRequest {
+        import_id,
+        workspace_id: workspace_id.to_owned(),
+        dataset_id: dataset_id.to_owned(),
+        mode,
+        source,
+        prefixes,
+        filter,
+    })
+}
+
+fn default_extensions() -> Extensions {
+    Extensions::Only(DEFAULT_EXTENSIONS.iter().map(|e| (*e).to_owned()).collect())
+}
+
+fn only_fields(map: &Map<String, Value>, path: &str, allowed: &[&str]) -> Check<()> {
+    match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(k) => Err(format!(
+            "field `{path}{}` is not part of the request: allowed here are {}",
+            printable(k),
+            allowed.join(", ")
+        )),
+    }
+}
+
+/// A field name or value safe to put in a sentence: control characters escaped.
+fn printable(s: &str) -> String {
+    s.escape_debug().to_string()
+}
+
+fn required_str<'a>(map: &'a Map<String, Value>, path: &str, name: &str) -> Check<&'a str> {
+    match map.get(name) {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(format!("field `{path}{name}` must be a string, not {}", json_kind(other))),
+        None => Err(format!("field `{path}{name}` is missing")),
+    }
+}
+
+fn optional_str<'a>(map: &'a Map<String, Value>, path: &str, name: &str) -> Check<Option<&'a str>> {
+    match map.get(name) {
+        None => Ok(None),
+        Some(_) => required_str(map, path, name).map(Some),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn identifier<'a>(map: &'a Map<String, Value>, name: &str) -> Check<&'a str> {
+    let s = required_str(map, "", name)?;
+    let ok = (1..=128).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(s)
+    } else {
+        Err(format!(
+            "field `{name}` is {:?}: use 1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit",
+            printable(truncate(s, 160))
+        ))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn validate_source(map: &Map<String, Value>, options: ValidationOptions) -> Check<(Source, Vec<String>)> {
+    let provider = required_str(map, "source.", "provider")?;
+    let source = match provider {
+        "s3" => {
+            only_fields(map, "source.", &["provider", "bucket", "region", "prefixes", "role_arn", "external_id"])?;
+            let bucket = required_str(map, "source.", "bucket")?;
+            check(s3_bucket_ok(bucket), "source.bucket", bucket, "an S3 bucket name: 3-63 lower-case letters, digits, dots and hyphens")?;
+            let region = optional_str(map, "source.", "region")?;
+            if let Some(r) = region {
+                let ok = (1..=32).contains(&r.len()) && r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                check(ok, "source.region", r, "an AWS region such as eu-central-1")?;
+            }
+            let role_arn = required_str(map, "source.", "role_arn")?;
+            check(role_arn_ok(role_arn), "source.role_arn", role_arn, "an IAM role ARN such as arn:aws:iam::111122223333:role/platform-import")?;
+            let external_id = required_str(map, "source.", "external_id")?;
+            let ok = (2..=1224).contains(&external_id.len())
+                && external_id.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@:/-_".contains(c));
+            check(ok, "source.external_id", external_id, "the workspace's ExternalId (2-1224 characters of letters, digits and +=,.@:/-_)")?;
+            Source::S3(S3Source {
+                bucket: bucket.to_owned(),
+                region: region.map(str::to_owned),
+                role_arn: role_arn.to_owned(),
+                external_id: external_id.to_owned(),
+            })
+        }
+        "gcs" => {
+            only_fields(map, "source.", &["provider", "bucket", "prefixes", "impersonate_service_account"])?;
+            let bucket = required_str(map, "source.", "bucket")?;
+            check(gcs_bucket_ok(bucket), "source.bucket", bucket, "a GCS bucket name: 3-63 lower-case letters, digits, dots, hyphens and underscores")?;
+            let account = optional_str(map, "source.", "impersonate_service_account")?;
+            match account {
+                Some(a) => {
+                    let ok = a.len() <= 254 && a.split_once('@').is_some_and(|(name, domain)| {
+                        !name.is_empty() && domain.ends_with(".gserviceaccount.com")
+                    });
+                    check(ok, "source.impersonate_service_account", a, "a service account email such as importer@acme.iam.gserviceaccount.com")?;
+                }
+                None if options.gcs_allow_own_identity => {}
+                None => {
+                    return Err("field `source.impersonate_service_account` is missing: a GCS source must name the workspace's service account that was granted read access".into())
+                }
+            }
+            Source::Gcs(GcsSource {
+                bucket: bucket.to_owned(),
+                impersonate_service_account: account.map(str::to_owned),
+            })
+        }
+        "azure" => {
+            only_fields(map, "source.", &["provider", "account", "container", "prefixes", "sas_token"])?;
+            let account = required_str(map, "source.", "account")?;
+            let ok = (3..=24).contains(&account.len()) && account.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            check(ok, "source.account", account, "an Azure storage account name: 3-24 lower-case letters and digits")?;
+            let container = required_str(map, "source.", "container")?;
+            check(azure_container_ok(container), "source.container", container, "an Azure container name: 3-63 lower-case letters, digits and single hyphens")?;
+            let sas = required_str(map, "source.", "sas_token")?;
+            let sas = sas.strip_prefix('?').unwrap_or(sas);
+            if !sas.split('&').any(|p| p.starts_with("sig=")) || sas.chars().any(char::is_control) {
+                // The token itself is a secret: never quote it back.
+                return Err("field `source.sas_token` is not a SAS token (it has no sig= part): paste the container's SAS token with l and r permissions".into());
+            }
+            Source::Azure(AzureSource {
+                account: account.to_owned(),
+                container: container.to_owned(),
+                sas_token: Secret::new(sas),
+            })
+        }
+        other => {
+            return Err(format!(
+                "field `source.provider` is {:?}: use \"s3\", \"gcs\" or \"azure\"",
+                printable(truncate(other, 64))
+            ))
+        }
+    };
+    let prefixes = validate_prefixes(map.get("prefixes"))?;
+    Ok((source, prefixes))
+}
+
+fn check(ok: bool, field: &str, value: &str, expected: &str) -> Check<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("field `{field}` is {:?}: expected {expected}", printable(truncate(value, 160))))
+    }
+}
+
+fn s3_bucket_ok(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && !b.contains("..")
+        && b.parse::<std::net::Ipv4Addr>().is_err()
+}
+
+fn gcs_bucket_ok(b: &str) -> bool {
+    let max = if b.contains('.') { 222 } else { 63 };
+    (3..=max).contains(&b.len())
+        && b.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && b.split('.').all(|part| part.len() <= 63)
+}
+
+fn azure_container_ok(c: &str) -> bool {
+    (3..=63).contains(&c.len())
+        && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
+        && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+        && c.ends_with(|ch: char| ch.is_ascii_alphanumeric())
+        && !c.contains("--")
+}
+
+fn role_arn_ok(arn: &str) -> bool {
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    partition.starts_with("aws")
+        && account.len() == 12
+        && account.chars().all(|c| c.is_ascii_digit())
+        && resource.strip_prefix("role/").is_some_and(|name| {
+            !name.is_empty() && name.len() <= 512 && name.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c))
+        })
+}
+
+fn validate_prefixes(value: Option<&Value>) -> Check<Vec<String>> {
+    let Some(value) = value else {
+        return Ok(vec![String::new()]);
+    };
+    let items = value
+        .as_array()
+        .ok_or_else(|| format!("field `source.prefixes` must be an array of strings, not {}", json_kind(value)))?;
+    if items.is_empty() {
+        return Err("field `source.prefixes` is empty: leave it out to import the whole bucket, or list 1-1000 prefixes".into());
+    }
+    if items.len() > MAX_PREFIXES {
+        return Err(format!("field `source.prefixes` has {} entries: at most {MAX_PREFIXES} are allowed", items.len()));
+    }
+    let mut prefixes = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let p = item
+            .as_str()
+            .ok_or_else(|| format!("field `source.prefixes[{i}]` must be a string, not {}", json_kind(item)))?;
+        if p.len() > MAX_PREFIX_BYTES {
+            return Err(format!("field `source.prefixes[{i}]` is {} bytes long: at most {MAX_PREFIX_BYTES} are allowed", p.len()));
+        }
+        if p.chars().any(char::is_control) {
+            return Err(format!("field `source.prefixes[{i}]` contains a control character: {:?}", printable(truncate(p, 160))));
+        }
+        prefixes.push(p.to_owned());
+    }
+    Ok(merge_prefixes(prefixes))
+}
+
+/// Sorts the prefixes and drops every one that another one already covers,
+/// so that no object is listed (and imported) twice.
+pub fn merge_prefixes(mut prefixes: Vec<String>) -> Vec<String> {
+    prefixes.sort();
+    prefixes.dedup();
+    let mut merged: Vec<String> = Vec::with_capacity(prefixes.len());
+    for p in prefixes {
+        // Sorted order puts a covering prefix right before what it covers.
+        if merged.last().is_some_and(|last| p.starts_with(last.as_str())) {
+            continue;
+        }
+        merged.push(p);
+    }
+    merged
+}
+
+fn validate_filter(value: &Value) -> Check<Filter> {
+    let map = value
+        .as_object()
+        .ok_or_else(|| format!("field `filter` must be an object, not {}", json_kind(value)))?;
+    only_fields(map, "filter.", &["extensions", "max_object_bytes"])?;
+    let extensions = match map.get("extensions") {
+        None => default_extensions(),
+        Some(v) => {
+            let items = v
+                .as_array()
+                .filter(|a| !a.is_empty() && a.len() <= 100)
+                .ok_or("field `filter.extensions` must be a list of 1-100 extensions such as [\"jpg\", \"png\"], or [\"*\"]")?;
+            let mut set = BTreeSet::new();
+            for (i, item) in items.iter().enumerate() {
+                let e = item.as_str().unwrap_or_default();
+                let ok = (1..=16).contains(&e.len()) && (e == "*" || e.chars().all(|c| c.is_ascii_alphanumeric()));
+                if !ok {
+                    return Err(format!(
+                        "field `filter.extensions[{i}]` is {item}: give an extension without the dot, such as \"jpg\", or \"*\" for every object"
+                    ));
+                }
+                set.insert(e.to_ascii_lowercase());
+            }
+            if set.contains("*") {
+                Extensions::All
+            } else {
+                Extensions::Only(set)
+            }
+        }
+    };
+    let max_object_bytes = match map.get("max_object_bytes") {
+        None => DEFAULT_MAX_OBJECT_BYTES,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("field `filter.max_object_bytes` is {v}: give a positive whole number of bytes"))?,
+    };
+    Ok(Filter { extensions, max_object_bytes })
+}
+
+impl ImportRequest {
+    /// The request as Tether keeps it in Postgres: secrets left out.
+    pub fn to_stored_json(&self) -> Value {
+        let source = match &self.source {
+            Source::S3(s) => serde_json::json!({
+                "provider": "s3", "bucket": s.bucket, "region": s.region,
+                "role_arn": s.role_arn, "external_id": s.external_id,
+            }),
+            Source::Gcs(s) => serde_json::json!({
+                "provider": "gcs", "bucket": s.bucket,
+                "impersonate_service_account": s.impersonate_service_account,
+            }),
+            Source::Azure(s) => serde_json::json!({
+                "provider": "azure", "account": s.account, "container": s.container,
+            }),
+        };
+        let extensions = match &self.filter.extensions {
+            Extensions::All => vec!["*".to_owned()],
+            Extensions::Only(set) => set.iter().cloned().collect(),
+        };
+        serde_json::json!({
+            "import_id": self.import_id,
+            "workspace_id": self.workspace_id,
+            "dataset_id": self.dataset_id,
+            "mode": self.mode.as_str(),
+            "source": source,
+            "prefixes": self.prefixes,
+            "filter": { "extensions": extensions, "max_object_bytes": self.filter.max_object_bytes },
+        })
+    }
+
+    /// Reads back what [`ImportRequest::to_stored_json`] wrote (secrets
+    /// excluded, so an Azure source comes back with an empty token).
+    pub fn from_stored_json(value: &Value) -> Result<Self, String> {
+        let mut top = value.as_object().cloned().ok_or("stored request is not an object")?;
+        let prefixes = top.remove("prefixes").unwrap_or(Value::Null);
+        let mut source = top.remove("source").unwrap_or(Value::Null);
+        if let Some(s) = source.as_object_mut() {
+            s.retain(|_, v| !v.is_null());
+            s.insert("prefixes".into(), prefixes);
+            if s.get("provider").and_then(Value::as_str) == Some("azure") {
+                s.insert("sas_token".into(), Value::String("sig=".into()));
+            }
+        }
+        top.insert("source".into(), source);
+        top.insert("version".into(), Value::from(1));
+        let options = ValidationOptions { gcs_allow_own_identity: true };
+        validate(&Value::Object(top), options)
+    }
+}
+
+/// FinishedEvent (contract §4).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct FinishedEvent {
+    pub version: u32,
+    pub import_id: Uuid,
+    pub revision: i32,
+    pub workspace_id: Option<String>,
+    pub dataset_id: Option<String>,
+    pub state: String,
+    pub objects_listed: i64,
+    pub objects_imported: i64,
+    pub objects_skipped: i64,
+    pub objects_failed: i64,
+    pub bytes_copied: i64,
+    pub error: Option<String>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// Body of an `import.cancel` message.
+#[derive(Debug, Clone, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    pub import_id: Uuid,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_prefixes_are_merged() {
+        let merged = merge_prefixes(vec!["2024/06/".into(), "2024/".into(), "2025/a".into(), "2025/ab".into(), "2024/".into()]);
+        assert_eq!(merged, vec!["2024/".to_owned(), "2025/a".to_owned()]);
+        assert_eq!(merge_prefixes(vec!["x/".into(), String::new()]), vec![String::new()]);
+    }
+
+    #[test]
+    fn digest_ignores_key_order_and_spacing() {
+        let a: Value = serde_json::from_str(r#"{"a":1,"b":{"c":[1,2],"d":"x"}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{ "b" : { "d":"x", "c":[1, 2] }, "a":1 }"#).unwrap();
+        let c: Value = serde_json::from_str(r#"{"a":1,"b":{"c":[2,1],"d":"x"}}"#).unwrap();
+        assert_eq!(digest(&a), digest(&b));
+        assert_ne!(digest(&a), digest(&c));
+    }
+
+    #[test]
+    fn extension_filter_is_case_insensitive_and_looks_at_the_last_segment() {
+        let f = Filter { extensions: default_extensions(), max_object_bytes: 1 };
+        assert!(f.matches("a/b/IMG.JPG"));
+        assert!(!f.matches("a.jpg/readme"));
+        assert!(!f.matches("a/b/noext"));
+        assert!(Filter { extensions: Extensions::All, max_object_bytes: 1 }.matches("x"));
+    }
+
+    #[test]
+    fn role_arns() {
+        assert!(role_arn_ok("arn:aws:iam::111122223333:role/platform-import"));
+        assert!(role_arn_ok("arn:aws-cn:iam::111122223333:role/path/x"));
+        assert!(!role_arn_ok("arn:aws:iam::1111:role/x"));
+        assert!(!role_arn_ok("arn:aws:s3:::bucket"));
+    }
+
+    #[test]
+    fn stored_form_round_trips() {
+        let body = br#"{"version":1,"import_id":"3f0c1f4e-8a55-4a36-9a34-3c0f4b1f2e10","workspace_id":"acme","dataset_id":"d","mode":"link",
+          "source":{"provider":"s3","bucket":"acme-images","prefixes":["a/","a/b"],"role_arn":"arn:aws:iam::111122223333:role/r","external_id":"ext-1"},
+          "filter":{"extensions":["JPG"],"max_object_bytes":10}}"#;
+        let parsed = parse_request(body, Some("application/json"), ValidationOptions::default());
+        let request = parsed.outcome.unwrap();
+        assert_eq!(request.prefixes, vec!["a/".to_owned()]);
+        let back = ImportRequest::from_stored_json(&request.to_stored_json()).unwrap();
+        assert_eq!(back, request);
+    }
+}

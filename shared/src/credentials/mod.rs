@@ -1,0 +1,20 @@
+//! Customer credentials: how Tether gets the right to read a customer's
+//! bucket. One module per mechanism; today STS `AssumeRole` for S3
+//! ([`sts`]). Each caches what it obtained and refreshes it a configurable
+//! margin before it expires, because a long import outlives one session.
+
+pub mod sts;
+
+/// Why credentials for a customer's bucket could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// The provider said no: the customer's set-up must change.
+    #[error("{sentence}")]
+    Refused {
+        /// What a person reads in the import's `error`.
+        sentence: String,
+    },
+    /// The provider could not be reached or failed; worth retrying.
+    #[error("credentials are unavailable for now: {0}")]
+    Unavailable(String),
+}

@@ -1,0 +1,343 @@
+//! Queries on whole imports: recording a request (idempotently), recording a
+//! rejected one, cancelling, deciding the final state, and reading status.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use super::{events, DbError, Store};
+use crate::contract::{ImportRequest, Source};
+use crate::task::TaskMessage;
+
+/// What recording a valid request did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// A new import, with the listing tasks to publish.
+    Created(Vec<TaskMessage>),
+    /// The same request again (at-least-once delivery): nothing to do.
+    Duplicate,
+    /// The same `import_id` with another body: reject, touch nothing.
+    Conflict,
+}
+
+/// What a cancel did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cancelled {
+    Cancelled,
+    AlreadyFinal(String),
+    NotFound,
+}
+
+const FINAL_STATES: [&str; 4] = ["succeeded", "partially_succeeded", "failed", "cancelled"];
+
+impl Store {
+    /// Records a new import and its listing tasks in one transaction.
+    pub async fn record_import(&self, request: &ImportRequest, digest: &[u8; 32]) -> Result<Recorded, DbError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO tether.imports
+                     (import_id, request_digest, request, workspace_id, dataset_id, mode, provider, state)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued')
+                 ON CONFLICT (import_id) DO NOTHING",
+                &[
+                    &request.import_id,
+                    &digest.as_slice(),
+                    &request.to_stored_json(),
+                    &request.workspace_id,
+                    &request.dataset_id,
+                    &request.mode.as_str(),
+                    &request.source.provider(),
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            return same_digest(&tx, request.import_id, digest).await.map(|same| {
+                if same {
+                    Recorded::Duplicate
+                } else {
+                    Recorded::Conflict
+                }
+            });
+        }
+        let task_ids: Vec<Uuid> = request.prefixes.iter().map(|_| Uuid::new_v4()).collect();
+        tx.execute(
+            "INSERT INTO tether.tasks (task_id, import_id, kind, prefix, state, published_at)
+             SELECT t.id, $1, 'list', t.prefix, 'pending', now()
+             FROM unnest($2::uuid[], $3::text[]) AS t(id, prefix)",
+            &[&request.import_id, &task_ids, &request.prefixes],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Recorded::Created(task_ids.into_iter().map(|task_id| TaskMessage { task_id, seq: 0 }).collect()))
+    }
+
+    /// Records a rejected request that named a new `import_id`: a `failed`
+    /// import whose error is `reason`, and its FinishedEvent. Returns whether
+    /// the import was new; an existing import is left untouched.
+    pub async fn record_rejected(&self, import_id: Uuid, digest: &[u8; 32], reason: &str) -> Result<bool, DbError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let error = format!("The import request was rejected: {reason}. Fix the request and send it with a new import_id.");
+        let inserted = tx
+            .execute(
+                "INSERT INTO tether.imports (import_id, request_digest, state, error, finished_at, revision)
+                 VALUES ($1, $2, 'failed', $3, now(), 1)
+                 ON CONFLICT (import_id) DO NOTHING",
+                &[&import_id, &digest.as_slice(), &error],
+            )
+            .await?;
+        if inserted == 1 {
+            events::enqueue_finished(&tx, import_id).await?;
+        }
+        tx.commit().await?;
+        Ok(inserted == 1)
+    }
+
+    /// Whether a request with this id and digest was already recorded.
+    pub async fn is_duplicate(&self, import_id: Uuid, digest: &[u8; 32]) -> Result<bool, DbError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        same_digest(&tx, import_id, digest).await
+    }
+
+    /// Cancels an import that is not final: its pending tasks stop, what was
+    /// imported stays, and a FinishedEvent is queued.
+    pub async fn cancel_import(&self, import_id: Uuid) -> Result<Cancelled, DbError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Tasks first, then the import: the order workers lock them in.
+        tx.execute(
+            "UPDATE tether.tasks SET state = 'cancelled', updated_at = now()
+             WHERE import_id = $1 AND state = 'pending'",
+            &[&import_id],
+        )
+        .await?;
+        let Some(row) = tx
+            .query_opt("SELECT state FROM tether.imports WHERE import_id = $1 FOR UPDATE", &[&import_id])
+            .await?
+        else {
+            return Ok(Cancelled::NotFound);
+        };
+        let state: String = row.get(0);
+        if FINAL_STATES.contains(&state.as_str()) {
+            return Ok(Cancelled::AlreadyFinal(state));
+        }
+        tx.execute(
+            "UPDATE tether.imports SET state = 'cancelled', finished_at = now(), revision = revision + 1
+             WHERE import_id = $1",
+            &[&import_id],
+        )
+        .await?;
+        events::enqueue_finished(&tx, import_id).await?;
+        tx.commit().await?;
+        Ok(Cancelled::Cancelled)
+    }
+
+    /// Finalises every running import whose tasks have all ended; returns how
+    /// many became final.
+    pub async fn finish_ready_imports(&self) -> Result<usize, DbError> {
+        let ready: Vec<Uuid> = self
+            .client()
+            .await?
+            .query(
+                "SELECT i.import_id FROM tether.imports i
+                 WHERE i.state IN ('queued', 'running')
+                   AND NOT EXISTS (SELECT 1 FROM tether.tasks t
+                                   WHERE t.import_id = i.import_id AND t.state = 'pending')
+                 LIMIT 500",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut finished = 0;
+        for import_id in ready {
+            if self.finish_import(import_id).await? {
+                finished += 1;
+            }
+        }
+        Ok(finished)
+    }
+
+    async fn finish_import(&self, import_id: Uuid) -> Result<bool, DbError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT state, request, objects_listed, objects_filtered, objects_failed, error
+                 FROM tether.imports WHERE import_id = $1 FOR UPDATE",
+                &[&import_id],
+            )
+            .await?
+        else {
+            return Ok(false);
+        };
+        let state: String = row.get(0);
+        let pending: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM tether.tasks WHERE import_id = $1 AND state = 'pending'",
+                &[&import_id],
+            )
+            .await?
+            .get(0);
+        if FINAL_STATES.contains(&state.as_str()) || pending > 0 {
+            return Ok(false);
+        }
+        let request_json: Value = row.get(1);
+        let request = ImportRequest::from_stored_json(&request_json).map_err(DbError::Corrupt)?;
+        let outcome = Outcome {
+            listed: row.get(2),
+            filtered: row.get(3),
+            failed: row.get(4),
+            import_error: row.get(5),
+            prefix_failures: prefix_failures(&tx, import_id).await?,
+            object_failures: object_failure_codes(&tx, import_id).await?,
+        };
+        let (state, error) = outcome.decide(&request);
+        tx.execute(
+            "UPDATE tether.imports SET state = $2, error = $3, finished_at = now(), revision = revision + 1,
+                    started_at = coalesce(started_at, now())
+             WHERE import_id = $1",
+            &[&import_id, &state, &error],
+        )
+        .await?;
+        events::enqueue_finished(&tx, import_id).await?;
+        tx.commit().await?;
+        tracing::info!(%import_id, state, "Import finished.");
+        Ok(true)
+    }
+
+    /// The import's `tether.import_status` row as a JSON object.
+    pub async fn import_status(&self, import_id: Uuid) -> Result<Option<Value>, DbError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT to_jsonb(s) FROM tether.import_status s WHERE s.import_id = $1", &[&import_id])
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// The most frequent failure codes of an import, most frequent first.
+    pub async fn top_failure_codes(&self, import_id: Uuid) -> Result<Vec<(String, i64)>, DbError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        object_failure_codes(&tx, import_id).await
+    }
+}
+
+async fn same_digest(tx: &Transaction<'_>, import_id: Uuid, digest: &[u8; 32]) -> Result<bool, DbError> {
+    let row = tx
+        .query_opt("SELECT request_digest FROM tether.imports WHERE import_id = $1", &[&import_id])
+        .await?;
+    Ok(row.is_some_and(|r| r.get::<_, &[u8]>(0) == digest.as_slice()))
+}
+
+/// (source_url, message) of each prefix whose listing failed.
+async fn prefix_failures(tx: &Transaction<'_>, import_id: Uuid) -> Result<Vec<(String, String)>, DbError> {
+    Ok(tx
+        .query(
+            "SELECT f.source_url, f.message FROM tether.import_failures f
+             JOIN tether.tasks t ON t.import_id = f.import_id AND t.state = 'failed'
+                  AND f.failure_key = t.task_id
+             WHERE f.import_id = $1 ORDER BY f.source_url",
+            &[&import_id],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+async fn object_failure_codes(tx: &Transaction<'_>, import_id: Uuid) -> Result<Vec<(String, i64)>, DbError> {
+    Ok(tx
+        .query(
+            "SELECT f.code, count(*) FROM tether.import_failures f
+             WHERE f.import_id = $1
+               AND NOT EXISTS (SELECT 1 FROM tether.tasks t WHERE t.task_id = f.failure_key)
+             GROUP BY f.code ORDER BY count(*) DESC, f.code",
+            &[&import_id],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Everything the final state depends on.
+struct Outcome {
+    listed: i64,
+    filtered: i64,
+    failed: i64,
+    import_error: Option<String>,
+    prefix_failures: Vec<(String, String)>,
+    object_failures: Vec<(String, i64)>,
+}
+
+impl Outcome {
+    /// The final state and the sentence for `error` (contract §3).
+    fn decide(&self, request: &ImportRequest) -> (&'static str, Option<String>) {
+        if let Some(error) = &self.import_error {
+            return ("failed", Some(error.clone()));
+        }
+        let matched = self.listed - self.filtered;
+        let where_ = describe_prefixes(&request.source, &request.prefixes);
+        if !self.prefix_failures.is_empty() && matched == 0 {
+            let (url, message) = &self.prefix_failures[0];
+            return ("failed", Some(format!("Tether could not list {url}: {message}")));
+        }
+        if self.listed == 0 {
+            return (
+                "failed",
+                Some(format!("Nothing was found under {where_}: check the bucket name and the prefixes.")),
+            );
+        }
+        if matched == 0 {
+            return (
+                "failed",
+                Some(format!(
+                    "None of the {} objects under {where_} matched the filter: check filter.extensions (use [\"*\"] for every object).",
+                    self.listed
+                )),
+            );
+        }
+        if self.failed == matched {
+            return ("failed", Some(format!("Every matching object failed ({}).", self.codes())));
+        }
+        if self.failed > 0 || !self.prefix_failures.is_empty() {
+            let mut error = String::new();
+            if self.failed > 0 {
+                let _ = write!(error, "{} of {matched} matching objects failed ({})", self.failed, self.codes());
+            }
+            if let Some((url, message)) = self.prefix_failures.first() {
+                if !error.is_empty() {
+                    error.push_str("; ");
+                }
+                let _ = write!(error, "{} prefix(es) could not be listed, first {url}: {message}", self.prefix_failures.len());
+            }
+            error.push_str(". See tether.import_failures, fix the cause and requeue the import.");
+            return ("partially_succeeded", Some(error));
+        }
+        ("succeeded", None)
+    }
+
+    fn codes(&self) -> String {
+        self.object_failures
+            .iter()
+            .map(|(code, n)| format!("{code}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn describe_prefixes(source: &Source, prefixes: &[String]) -> String {
+    let mut urls: Vec<String> = prefixes.iter().take(3).map(|p| source.url(p)).collect();
+    if prefixes.len() > 3 {
+        urls.push(format!("and {} more prefixes", prefixes.len() - 3));
+    }
+    urls.join(", ")
+}

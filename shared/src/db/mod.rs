@@ -1,0 +1,104 @@
+//! Postgres: the pool, the migrations, and every query Tether runs, grouped by
+//! what they touch ([`imports`], [`tasks`], [`events`]). Postgres is the source
+//! of truth; RabbitMQ messages only say "look at this row now".
+
+pub mod events;
+pub mod imports;
+pub mod tasks;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use tokio_postgres::NoTls;
+
+use crate::contract::Secret;
+
+/// Migrations in the order they apply; each runs once, recorded in
+/// `tether.schema_migrations`.
+const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../../../migrations/0001_init.sql"))];
+
+/// An arbitrary constant: the advisory lock that serialises schedulers
+/// applying migrations at the same time.
+const MIGRATION_LOCK: i64 = 0x7e7e_0001;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("TETHER_DATABASE_URL is not a valid Postgres URL ({0}): use postgres://user:password@host:5432/database")]
+    BadUrl(String),
+    #[error("cannot get a Postgres connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("Postgres query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("a stored row is not what Tether wrote: {0}")]
+    Corrupt(String),
+}
+
+/// Tether's handle on Postgres: a pool plus the named queries in the
+/// submodules.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    /// Builds a pool; connections are made lazily, so this does not fail when
+    /// Postgres is down.
+    pub fn connect(url: &Secret, max_size: usize) -> Result<Self, DbError> {
+        let config: tokio_postgres::Config = url
+            .expose()
+            .parse()
+            // The parser's message never contains the password.
+            .map_err(|e: tokio_postgres::Error| DbError::BadUrl(e.to_string()))?;
+        // Verified: after a database restart, Fast would hand out dead connections.
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Verified });
+        let pool = Pool::builder(manager)
+            .max_size(max_size)
+            .runtime(Runtime::Tokio1)
+            .timeouts(Timeouts {
+                wait: Some(Duration::from_secs(30)),
+                create: Some(Duration::from_secs(10)),
+                recycle: Some(Duration::from_secs(5)),
+            })
+            .build()
+            .map_err(|e| DbError::BadUrl(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Applies the migrations not yet applied, under an advisory lock so that
+    /// two schedulers starting at once do not race.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+        tx.batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS tether;
+             CREATE TABLE IF NOT EXISTS tether.schema_migrations (
+                 version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());",
+        )
+        .await?;
+        for (version, sql) in MIGRATIONS {
+            let done = tx
+                .query_opt("SELECT 1 FROM tether.schema_migrations WHERE version = $1", &[version])
+                .await?
+                .is_some();
+            if !done {
+                tracing::info!(version, "Applying migration.");
+                tx.batch_execute(sql).await?;
+                tx.execute("INSERT INTO tether.schema_migrations (version) VALUES ($1)", &[version])
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether Postgres answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.client().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+//! Tether's library crate: everything the scheduler, the workers and
+//! `tetherctl` share, so that each binary is only a thin loop around it.
+//!
+//! - [`contract`]: the fixed external interface (ImportRequest, FinishedEvent,
+//!   AMQP names) and its validation.
+//! - [`config`]: operator configuration read from the environment.
+//! - [`db`]: the Postgres pool, migrations and every named query.
+//! - [`queue`]: the AMQP topology and a publisher that waits for confirms.
+//! - [`storage`]: the one trait every bucket provider implements.
+//! - [`credentials`]: customer credentials (STS AssumeRole) with their cache.
+//! - [`task`]: the internal task message the scheduler and workers exchange.
+//! - [`telemetry`]: logging set-up and the metrics every process exposes.
+//! - [`shutdown`]: one cancellation token flipped by SIGTERM / SIGINT.
+
+pub mod config;
+pub mod contract;
+pub mod credentials;
+pub mod db;
+pub mod queue;
+pub mod shutdown;
+pub mod storage;
+pub mod task;
+pub mod telemetry;

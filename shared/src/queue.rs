@@ -1,0 +1,193 @@
+//! RabbitMQ: the topology (contract §1 plus Tether's own task queues) and a
+//! publisher that only reports success once the broker has confirmed a
+//! message and routed it somewhere.
+//!
+//! Every publish is `mandatory` with publisher confirms: a confirm alone does
+//! not prove that a queue took the message (an unroutable message is
+//! confirmed too), so a returned message counts as a failure.
+
+use lapin::options::{
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::contract::{
+    Secret, EXCHANGE, REJECTED_QUEUE, REJECT_REASON_HEADER, REQUEST_QUEUE, ROUTING_CANCEL, ROUTING_FINISHED,
+    ROUTING_REQUEST,
+};
+use crate::task::{TaskMessage, REQUEST_DEAD_LETTER_QUEUE, TASK_DEAD_LETTER_QUEUE, TASK_QUEUE};
+
+/// Heartbeat used when the URL sets none: a dead TCP connection is noticed
+/// within about a minute instead of the OS's ~11.
+const DEFAULT_HEARTBEAT_SECS: u16 = 30;
+/// How often a task message may be delivered before it is dead-lettered.
+const TASK_DELIVERY_LIMIT: i64 = 20;
+const REQUEST_DELIVERY_LIMIT: i64 = 20;
+
+const PERSISTENT: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("TETHER_AMQP_URL is not a valid AMQP URL ({0}): use amqp://user:password@host:5672/vhost")]
+    BadUrl(String),
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ refused (nack) a message for {0}")]
+    Nacked(String),
+    #[error("RabbitMQ could not route a message for {0}: is its queue declared?")]
+    Unroutable(String),
+}
+
+/// Opens a connection named after the process, with heartbeats.
+pub async fn connect(url: &Secret, name: &str) -> Result<Connection, QueueError> {
+    let mut uri: lapin::uri::AMQPUri = url.expose().parse().map_err(|e: String| {
+        // The parser may quote the URL; keep only the first words.
+        let first = e.split(':').next().unwrap_or("unparsable").to_owned();
+        QueueError::BadUrl(first)
+    })?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
+    }
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Ok(Connection::connect_uri(uri, properties).await?)
+}
+
+fn quorum_args(dead_letter_to: Option<&str>, delivery_limit: i64) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    if let Some(target) = dead_letter_to {
+        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(delivery_limit));
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(target.into()));
+        // At-least-once dead-lettering needs reject-publish overflow.
+        args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
+        args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    }
+    args
+}
+
+async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), QueueError> {
+    channel
+        .queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
+        .await?;
+    Ok(())
+}
+
+/// Declares everything Tether uses; idempotent, run by every process at
+/// start-up so that none depends on another having started first.
+pub async fn declare_topology(channel: &Channel) -> Result<(), QueueError> {
+    channel
+        .exchange_declare(
+            EXCHANGE.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    for dead in [REQUEST_DEAD_LETTER_QUEUE, TASK_DEAD_LETTER_QUEUE, REJECTED_QUEUE] {
+        declare_queue(channel, dead, quorum_args(None, 0)).await?;
+    }
+    declare_queue(channel, REQUEST_QUEUE, quorum_args(Some(REQUEST_DEAD_LETTER_QUEUE), REQUEST_DELIVERY_LIMIT)).await?;
+    for key in [ROUTING_REQUEST, ROUTING_CANCEL] {
+        channel
+            .queue_bind(REQUEST_QUEUE.into(), EXCHANGE.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+            .await?;
+    }
+    declare_queue(channel, TASK_QUEUE, quorum_args(Some(TASK_DEAD_LETTER_QUEUE), TASK_DELIVERY_LIMIT)).await?;
+    Ok(())
+}
+
+/// A consuming channel with its prefetch set.
+pub async fn consumer_channel(connection: &Connection, prefetch: u16) -> Result<Channel, QueueError> {
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    Ok(channel)
+}
+
+/// Publishes on a confirm-mode channel and waits for each confirm. Cheap to
+/// clone; safe to use from many tasks at once.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    pub async fn new(connection: &Connection) -> Result<Self, QueueError> {
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Self { channel })
+    }
+
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), QueueError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                body,
+                properties.with_delivery_mode(PERSISTENT),
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(QueueError::Unroutable(routing_key.to_owned())),
+            Confirmation::Nack(_) => Err(QueueError::Nacked(routing_key.to_owned())),
+        }
+    }
+
+    /// Publishes listing tasks to the task queue.
+    pub async fn publish_tasks(&self, tasks: &[TaskMessage]) -> Result<(), QueueError> {
+        // Send all, then wait for all: one round trip per batch, not per task.
+        let bodies: Vec<Vec<u8>> = tasks.iter().map(task_body).collect();
+        let confirms = bodies.iter().map(|body| self.publish("", TASK_QUEUE, body, json_properties()));
+        for result in futures_util::future::join_all(confirms).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Moves a refused request to `tether.rejected`, body untouched, with
+    /// the reason in `x-tether-reject-reason`.
+    pub async fn publish_rejected(
+        &self,
+        body: &[u8],
+        original: &BasicProperties,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        let mut headers = original.headers().clone().unwrap_or_default();
+        headers.insert(REJECT_REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+        let mut properties = BasicProperties::default().with_headers(headers);
+        if let Some(ct) = original.content_type() {
+            properties = properties.with_content_type(ct.clone());
+        }
+        self.publish("", REJECTED_QUEUE, body, properties).await
+    }
+
+    /// Publishes a FinishedEvent (already serialised by the outbox).
+    pub async fn publish_finished(&self, body: &[u8]) -> Result<(), QueueError> {
+        self.publish(EXCHANGE, ROUTING_FINISHED, body, json_properties()).await
+    }
+
+    /// Publishes an ImportRequest or a cancel as the platform would.
+    pub async fn publish_request(&self, routing_key: &str, body: &[u8]) -> Result<(), QueueError> {
+        self.publish(EXCHANGE, routing_key, body, json_properties()).await
+    }
+}
+
+fn task_body(task: &TaskMessage) -> Vec<u8> {
+    format!("{{\"task_id\":\"{}\",\"seq\":{}}}", task.task_id, task.seq).into_bytes()
+}
+
+fn json_properties() -> BasicProperties {
+    BasicProperties::default().with_content_type(ShortString::from("application/json"))
+}
