@@ -163,76 +163,69 @@ pub struct ValidationOptions {
     pub gcs_allow_own_identity: bool,
 }
 
-/// Why a request was refused, and which import it claimed to be, if readable.
+/// A request that passed validation, with its idempotency digest.
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    pub request: ImportRequest,
+    /// sha256 of the canonical JSON (sorted keys, no spaces).
+    pub digest: [u8; 32],
+}
+
+/// Which import a refused request claimed to be, when that is readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub import_id: Uuid,
+    pub digest: [u8; 32],
+}
+
+/// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    pub import_id: Option<Uuid>,
+    pub claim: Option<Claim>,
     /// One sentence that names the offending field and what would be valid.
     pub reason: String,
 }
 
-/// A request body, parsed once: its digest is the idempotency check, its
-/// validation decides between recording and rejecting it.
-#[derive(Debug)]
-pub struct ParsedRequest {
-    /// sha256 of the canonical JSON (sorted keys, no spaces); `None` when the
-    /// body is not JSON at all.
-    pub digest: Option<[u8; 32]>,
-    pub outcome: Result<ImportRequest, Rejection>,
-}
-
-impl ParsedRequest {
-    pub fn import_id(&self) -> Option<Uuid> {
-        match &self.outcome {
-            Ok(r) => Some(r.import_id),
-            Err(r) => r.import_id,
-        }
-    }
-}
-
 /// Parses and validates one ImportRequest body.
-pub fn parse_request(body: &[u8], content_type: Option<&str>, options: ValidationOptions) -> ParsedRequest {
-    let reject = |import_id, reason: String| Err(Rejection { import_id, reason });
+pub fn parse_request(
+    body: &[u8],
+    content_type: Option<&str>,
+    options: ValidationOptions,
+) -> Result<ValidRequest, Rejection> {
+    let reject = |claim, reason: String| Rejection { claim, reason };
     if body.len() > MAX_REQUEST_BYTES {
-        return ParsedRequest {
-            digest: None,
-            outcome: reject(
-                None,
-                format!(
-                    "the body is {} bytes, more than the 1 MiB limit: send fewer or shorter prefixes",
-                    body.len()
-                ),
-            ),
-        };
+        return Err(reject(
+            None,
+            format!("the body is {} bytes, more than the 1 MiB limit: send fewer or shorter prefixes", body.len()),
+        ));
     }
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => {
-            return ParsedRequest {
-                digest: None,
-                outcome: reject(None, format!("the body is not valid JSON ({e}): send a JSON ImportRequest")),
-            }
-        }
-    };
-    let digest = Some(digest(&value));
-    let import_id = value
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| reject(None, format!("the body is not valid JSON ({e}): send a JSON ImportRequest")))?;
+    let digest = digest(&value);
+    let claim = value
         .get("import_id")
         .and_then(Value::as_str)
-        .and_then(|s| Uuid::parse_str(s).ok());
-    let outcome = match content_type {
-        Some(ct) if is_json_content_type(ct) => {
-            validate(&value, options).map_err(|reason| Rejection { import_id, reason })
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .map(|import_id| Claim { import_id, digest });
+    match content_type {
+        Some(ct) if is_json_content_type(ct) => {}
+        Some(ct) => {
+            return Err(reject(
+                claim,
+                format!("content_type is {ct:?}: publish the request with content_type application/json"),
+            ))
         }
-        Some(ct) => reject(
-            import_id,
-            format!("content_type is {ct:?}: publish the request with content_type application/json"),
-        ),
-        None => reject(
-            import_id,
-            "content_type is missing: publish the request with content_type application/json".into(),
-        ),
-    };
-    ParsedRequest { digest, outcome }
+        None => {
+            return Err(reject(
+                claim,
+                "content_type is missing: publish the request with content_type application/json".into(),
+            ))
+        }
+    }
+    match validate(&value, options) {
+        Ok(request) => Ok(ValidRequest { request, digest }),
+        Err(reason) => Err(reject(claim, reason)),
+    }
 }
 
 fn is_json_content_type(ct: &str) -> bool {
@@ -718,8 +711,7 @@ mod tests {
         let body = br#"{"version":1,"import_id":"3f0c1f4e-8a55-4a36-9a34-3c0f4b1f2e10","workspace_id":"acme","dataset_id":"d","mode":"link",
           "source":{"provider":"s3","bucket":"acme-images","prefixes":["a/","a/b"],"role_arn":"arn:aws:iam::111122223333:role/r","external_id":"ext-1"},
           "filter":{"extensions":["JPG"],"max_object_bytes":10}}"#;
-        let parsed = parse_request(body, Some("application/json"), ValidationOptions::default());
-        let request = parsed.outcome.unwrap();
+        let request = parse_request(body, Some("application/json"), ValidationOptions::default()).unwrap().request;
         assert_eq!(request.prefixes, vec!["a/".to_owned()]);
         let back = ImportRequest::from_stored_json(&request.to_stored_json()).unwrap();
         assert_eq!(back, request);

@@ -77,7 +77,8 @@ async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Resul
 
 /// Declares everything Tether uses; idempotent, run by every process at
 /// start-up so that none depends on another having started first.
-pub async fn declare_topology(channel: &Channel) -> Result<(), QueueError> {
+pub async fn declare_topology(connection: &Connection) -> Result<(), QueueError> {
+    let channel = &connection.create_channel().await?;
     channel
         .exchange_declare(
             EXCHANGE.into(),
@@ -96,6 +97,7 @@ pub async fn declare_topology(channel: &Channel) -> Result<(), QueueError> {
             .await?;
     }
     declare_queue(channel, TASK_QUEUE, quorum_args(Some(TASK_DEAD_LETTER_QUEUE), TASK_DELIVERY_LIMIT)).await?;
+    channel.close(200, "topology declared".into()).await?;
     Ok(())
 }
 

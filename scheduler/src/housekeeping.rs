@@ -1,0 +1,92 @@
+//! The scheduler's periodic pass. Each step reads its work from Postgres, so
+//! a crash anywhere loses nothing: the next pass (of this scheduler or
+//! another) picks up where it stopped.
+//!
+//! 1. Finish imports whose tasks have all ended (state, error, event).
+//! 2. Publish the FinishedEvent outbox, marking events once confirmed.
+//! 3. Re-publish pending tasks whose message went out long ago without
+//!    progress since: the message may have been lost.
+
+use std::time::{Duration, Instant};
+
+use tether_shared::db::Store;
+use tether_shared::queue::{Publisher, QueueError};
+use tokio_util::sync::CancellationToken;
+
+use crate::SchedulerError;
+
+/// Events or tasks handled per step and pass.
+const BATCH: i64 = 500;
+/// How often the same outbox complaint may be logged.
+const COMPLAINT_INTERVAL: Duration = Duration::from_secs(60);
+
+pub(crate) struct Keeper {
+    store: Store,
+    publisher: Publisher,
+    republish_after_secs: f64,
+    last_complaint: Option<Instant>,
+}
+
+impl Keeper {
+    pub(crate) fn new(store: Store, publisher: Publisher, republish_after_secs: f64) -> Self {
+        Self { store, publisher, republish_after_secs, last_complaint: None }
+    }
+
+    pub(crate) async fn run(mut self, tick: Duration, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(tick) => {}
+            }
+            if let Err(error) = self.pass().await {
+                self.complain(&error);
+            }
+        }
+    }
+
+    async fn pass(&mut self) -> Result<(), SchedulerError> {
+        self.store.finish_ready_imports().await?;
+        let lost = self.store.tasks_to_republish(self.republish_after_secs, BATCH).await?;
+        if !lost.is_empty() {
+            tracing::warn!(tasks = lost.len(), "Re-publishing tasks whose message may have been lost.");
+            self.publisher.publish_tasks(&lost).await?;
+        }
+        self.publish_events().await
+    }
+
+    async fn publish_events(&mut self) -> Result<(), SchedulerError> {
+        loop {
+            let events = self.store.unpublished_events(BATCH).await?;
+            if events.is_empty() {
+                return Ok(());
+            }
+            let mut published = Vec::with_capacity(events.len());
+            let mut failure = None;
+            for (event_id, body) in &events {
+                match self.publisher.publish_finished(body.to_string().as_bytes()).await {
+                    Ok(()) => published.push(*event_id),
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+            self.store.mark_events_published(&published).await?;
+            if let Some(error) = failure {
+                return Err(error.into());
+            }
+        }
+    }
+
+    fn complain(&mut self, error: &SchedulerError) {
+        let due = self.last_complaint.is_none_or(|t| t.elapsed() >= COMPLAINT_INTERVAL);
+        if due {
+            if let SchedulerError::Queue(QueueError::Unroutable(_)) = error {
+                tracing::warn!("No queue is bound to import.finished on exchange tether: FinishedEvents wait in the outbox until the platform binds one.");
+            } else {
+                tracing::warn!(%error, "Housekeeping pass failed; retrying on the next tick.");
+            }
+            self.last_complaint = Some(Instant::now());
+        }
+    }
+}

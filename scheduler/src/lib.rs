@@ -1,0 +1,101 @@
+//! The Tether scheduler: the only consumer of `tether.import-requests`.
+//!
+//! - [`requests`]: validates each request (contract §2), records it and its
+//!   listing tasks in one transaction, publishes the tasks, or moves the
+//!   request to `tether.rejected`; handles `import.cancel`.
+//! - [`housekeeping`]: a periodic pass that finishes imports whose tasks have
+//!   all ended, publishes the FinishedEvent outbox, and re-publishes tasks
+//!   whose message was lost.
+
+mod housekeeping;
+mod requests;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
+use lapin::types::FieldTable;
+use tether_shared::config::CommonConfig;
+use tether_shared::contract::{ValidationOptions, REQUEST_QUEUE};
+use tether_shared::db::{DbError, Store};
+use tether_shared::queue::{self, Publisher, QueueError};
+use tokio_util::sync::CancellationToken;
+
+/// The scheduler's configuration (environment variables, or flags).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tether-scheduler", version, about)]
+pub struct SchedulerConfig {
+    #[command(flatten)]
+    pub common: CommonConfig,
+    /// Let GCS requests without `impersonate_service_account` use Tether's
+    /// own identity (single-tenant installations, emulators).
+    #[arg(long, env = "TETHER_GCS_ALLOW_OWN_IDENTITY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub gcs_allow_own_identity: bool,
+    /// Seconds between housekeeping passes (finishing imports, outbox).
+    #[arg(long, env = "TETHER_SCHEDULER_TICK_SECS", default_value_t = 1.0)]
+    pub tick_secs: f64,
+    /// Re-publish a pending task whose message went out this many seconds
+    /// ago without progress since (its message may have been lost).
+    #[arg(long, env = "TETHER_TASK_REPUBLISH_AFTER_SECS", default_value_t = 300.0)]
+    pub republish_after_secs: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("the request consumer stopped: {0}")]
+    ConsumerLost(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Runs a scheduler until `shutdown` is cancelled.
+pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result<(), SchedulerError> {
+    let tick = Duration::try_from_secs_f64(config.tick_secs)
+        .map_err(|_| SchedulerError::Config("TETHER_SCHEDULER_TICK_SECS must be a positive number of seconds".into()))?;
+    let store = Store::connect(&config.common.database_url, config.common.db_pool_size)?;
+    store.migrate().await?;
+    let connection = queue::connect(&config.common.amqp_url, "tether-scheduler").await?;
+    queue::declare_topology(&connection).await?;
+    let publisher = Publisher::new(&connection).await?;
+    let channel = queue::consumer_channel(&connection, 16).await?;
+    let mut consumer = channel
+        .basic_consume(REQUEST_QUEUE.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .map_err(QueueError::from)?;
+    tracing::info!("Scheduler started.");
+
+    let handler = requests::Handler::new(
+        store.clone(),
+        publisher.clone(),
+        ValidationOptions { gcs_allow_own_identity: config.gcs_allow_own_identity },
+    );
+    let keeper = housekeeping::Keeper::new(store, publisher, config.republish_after_secs);
+    // The scheduler's own token: an error below stops the housekeeping too,
+    // without cancelling whatever else shares the caller's token.
+    let stop = shutdown.child_token();
+    let keeper_task = tokio::spawn(keeper.run(tick, stop.clone()));
+
+    let result = loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break Ok(()),
+            delivery = consumer.next() => match delivery {
+                // One request at a time: a cancel is handled after the request it follows.
+                Some(Ok(delivery)) => handler.handle(delivery, &stop).await,
+                Some(Err(error)) => break Err(SchedulerError::ConsumerLost(error.to_string())),
+                None => break Err(SchedulerError::ConsumerLost("the broker cancelled the consumer".into())),
+            },
+        }
+    };
+    tracing::info!("Scheduler stopping.");
+    stop.cancel();
+    let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+    let _ = keeper_task.await;
+    let _ = connection.close(200, "scheduler stopping".into()).await;
+    tracing::info!("Scheduler stopped.");
+    result
+}

@@ -1,0 +1,40 @@
+//! Turns one listed page into what gets committed: folder markers dropped,
+//! the extension filter and the size limit applied, URLs formed.
+
+use tether_shared::contract::ImportRequest;
+use tether_shared::db::tasks::{FailureRow, ImageRow, PageResult};
+use tether_shared::storage::ListPage;
+
+pub(crate) fn build(request: &ImportRequest, page: ListPage) -> PageResult {
+    let mut result = PageResult { next: page.next, ..PageResult::default() };
+    let max = request.filter.max_object_bytes;
+    for object in page.objects {
+        if object.key.ends_with('/') {
+            continue; // folder marker
+        }
+        result.listed += 1;
+        if !request.filter.matches(&object.key) {
+            result.filtered += 1;
+            continue;
+        }
+        let source_url = request.source.url(&object.key);
+        if object.size > max {
+            result.failures.push(FailureRow {
+                message: format!(
+                    "{source_url} is {} bytes, more than filter.max_object_bytes ({max}): raise the limit to import it",
+                    object.size
+                ),
+                source_url,
+                code: "too_large",
+            });
+            continue;
+        }
+        result.images.push(ImageRow {
+            source_url,
+            size_bytes: i64::try_from(object.size).unwrap_or(i64::MAX),
+            etag: object.etag,
+            last_modified: object.last_modified,
+        });
+    }
+    result
+}
