@@ -9,7 +9,9 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use tether_shared::contract::{parse_request, CancelRequest, Rejection, ValidRequest, ValidationOptions, ROUTING_CANCEL};
+use tether_shared::contract::{
+    parse_request, CancelRequest, Rejection, ValidRequest, ValidationOptions, ROUTING_CANCEL,
+};
 use tether_shared::db::imports::{Cancelled, Recorded};
 use tether_shared::db::{DbError, Store};
 use tether_shared::queue::{Publisher, QueueError};
@@ -31,7 +33,11 @@ pub(crate) struct Handler {
 
 impl Handler {
     pub(crate) fn new(store: Store, publisher: Publisher, options: ValidationOptions) -> Self {
-        Self { store, publisher, options }
+        Self {
+            store,
+            publisher,
+            options,
+        }
     }
 
     pub(crate) async fn handle(&self, delivery: Delivery, shutdown: &CancellationToken) {
@@ -47,7 +53,14 @@ impl Handler {
         let sent = match result {
             Ok(()) => delivery.ack(BasicAckOptions::default()).await,
             // Shutting down mid-outage: hand the request back untouched.
-            Err(_) => delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+            Err(_) => {
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            }
         };
         if !matches!(sent, Ok(true)) {
             tracing::warn!("Could not settle a request message; the broker will redeliver it.");
@@ -63,38 +76,56 @@ impl Handler {
     }
 
     async fn request(&self, delivery: &Delivery) -> Result<(), HandleError> {
-        let content_type = delivery.properties.content_type().as_ref().map(|c| c.as_str());
+        let content_type = delivery
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|c| c.as_str());
         match parse_request(&delivery.data, content_type, self.options) {
-            Ok(ValidRequest { request, digest }) => match self.store.record_import(&request, &digest).await? {
-                Recorded::Created(tasks) => {
-                    tracing::info!(import_id = %request.import_id, tasks = tasks.len(), "Import recorded.");
-                    if let Err(error) = self.publisher.publish_tasks(&tasks).await {
-                        // Committed already: the housekeeping re-publishes them.
-                        tracing::warn!(%error, import_id = %request.import_id, "Could not publish the listing tasks yet.");
+            Ok(ValidRequest { request, digest }) => {
+                match self.store.record_import(&request, &digest).await? {
+                    Recorded::Created(tasks) => {
+                        tracing::info!(import_id = %request.import_id, tasks = tasks.len(), "Import recorded.");
+                        if let Err(error) = self.publisher.publish_tasks(&tasks).await {
+                            // Committed already: the housekeeping re-publishes them.
+                            tracing::warn!(%error, import_id = %request.import_id, "Could not publish the listing tasks yet.");
+                        }
+                        Ok(())
                     }
-                    Ok(())
-                }
-                Recorded::Duplicate => {
-                    tracing::info!(import_id = %request.import_id, "Duplicate request ignored.");
-                    Ok(())
-                }
-                Recorded::Conflict => {
-                    let reason = format!(
+                    Recorded::Duplicate => {
+                        tracing::info!(import_id = %request.import_id, "Duplicate request ignored.");
+                        Ok(())
+                    }
+                    Recorded::Conflict => {
+                        let reason = format!(
                         "import_id {} was already used for a different request; send a new request with a new import_id",
                         request.import_id
                     );
-                    self.reject(delivery, &reason).await
+                        self.reject(delivery, &reason).await
+                    }
                 }
-            },
-            Err(Rejection { claim: Some(claim), reason }) => {
-                if self.store.is_duplicate(claim.import_id, &claim.digest).await? {
+            }
+            Err(Rejection {
+                claim: Some(claim),
+                reason,
+            }) => {
+                if self
+                    .store
+                    .is_duplicate(claim.import_id, &claim.digest)
+                    .await?
+                {
                     return Ok(()); // This very rejection was handled before.
                 }
                 self.reject(delivery, &reason).await?;
-                self.store.record_rejected(claim.import_id, &claim.digest, &reason).await?;
+                self.store
+                    .record_rejected(claim.import_id, &claim.digest, &reason)
+                    .await?;
                 Ok(())
             }
-            Err(Rejection { claim: None, reason }) => self.reject(delivery, &reason).await,
+            Err(Rejection {
+                claim: None,
+                reason,
+            }) => self.reject(delivery, &reason).await,
         }
     }
 
@@ -102,15 +133,20 @@ impl Handler {
         let import_id = match serde_json::from_slice::<CancelRequest>(&delivery.data) {
             Ok(cancel) => cancel.import_id,
             Err(error) => {
-                let reason = format!("the cancel body is not {{\"import_id\": \"<uuid>\"}} ({error})");
+                let reason =
+                    format!("the cancel body is not {{\"import_id\": \"<uuid>\"}} ({error})");
                 return self.reject(delivery, &reason).await;
             }
         };
         match self.store.cancel_import(import_id).await? {
             Cancelled::Cancelled => tracing::info!(%import_id, "Import cancelled."),
-            Cancelled::AlreadyFinal(state) => tracing::info!(%import_id, state, "Cancel ignored: the import is already final."),
+            Cancelled::AlreadyFinal(state) => {
+                tracing::info!(%import_id, state, "Cancel ignored: the import is already final.")
+            }
             Cancelled::NotFound => {
-                return self.reject(delivery, &format!("no import has the id {import_id}")).await;
+                return self
+                    .reject(delivery, &format!("no import has the id {import_id}"))
+                    .await;
             }
         }
         Ok(())
@@ -118,7 +154,9 @@ impl Handler {
 
     async fn reject(&self, delivery: &Delivery, reason: &str) -> Result<(), HandleError> {
         tracing::warn!(reason, "Request rejected.");
-        self.publisher.publish_rejected(&delivery.data, &delivery.properties, reason).await?;
+        self.publisher
+            .publish_rejected(&delivery.data, &delivery.properties, reason)
+            .await?;
         Ok(())
     }
 }

@@ -85,7 +85,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     queue::declare_topology(&connection).await?;
     let publisher = Publisher::new(&connection).await?;
     let channel = queue::consumer_channel(&connection, config.concurrency).await?;
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
     let sts = Arc::new(StsCredentials::new(
         aws_sdk_sts::Client::new(&sdk),
         Duration::from_secs(config.sts_refresh_margin_secs),
@@ -98,10 +100,19 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         max_attempts: config.max_attempts,
     });
     let mut consumer = channel
-        .basic_consume(TASK_QUEUE.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            TASK_QUEUE.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .map_err(QueueError::from)?;
-    tracing::info!(concurrency = config.concurrency, page_size = config.page_size, "Worker started.");
+    tracing::info!(
+        concurrency = config.concurrency,
+        page_size = config.page_size,
+        "Worker started."
+    );
 
     let mut in_flight = JoinSet::new();
     let result = loop {
@@ -120,15 +131,23 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             },
         }
     };
-    tracing::info!(in_flight = in_flight.len(), "Worker stopping; finishing tasks in hand.");
-    let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+    tracing::info!(
+        in_flight = in_flight.len(),
+        "Worker stopping; finishing tasks in hand."
+    );
+    let _ = channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await;
     let drained = tokio::time::timeout(Duration::from_secs(config.drain_secs), async {
         while in_flight.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         // Their messages are unacknowledged: closing hands them back.
-        tracing::warn!(left = in_flight.len(), "Drain deadline passed; handing the remaining tasks back.");
+        tracing::warn!(
+            left = in_flight.len(),
+            "Drain deadline passed; handing the remaining tasks back."
+        );
         in_flight.abort_all();
     }
     let _ = connection.close(200, "worker stopping".into()).await;
@@ -157,9 +176,21 @@ impl Worker {
             Outcome::Done => delivery.ack(BasicAckOptions::default()).await,
             Outcome::Retry(delay) => {
                 tokio::time::sleep(delay).await;
-                delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
             }
-            Outcome::GiveUp => delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await,
+            Outcome::GiveUp => {
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: false,
+                        ..Default::default()
+                    })
+                    .await
+            }
         };
         match sent {
             Ok(true) => {}
@@ -201,7 +232,11 @@ impl Worker {
             return Ok(Outcome::Done);
         }
         let listed = match self.sources.open(&task.request.source).await {
-            Ok(source) => source.list_page(&task.prefix, task.continuation.as_deref(), self.page_size).await,
+            Ok(source) => {
+                source
+                    .list_page(&task.prefix, task.continuation.as_deref(), self.page_size)
+                    .await
+            }
             Err(error) => Err(error),
         };
         let page = match listed {
@@ -211,8 +246,17 @@ impl Worker {
         let result = page::build(&task.request, page);
         match self.store.commit_page(task, &result).await? {
             PageCommit::Stale => {}
-            PageCommit::Committed { imported, unchanged, next } => {
-                tracing::debug!(listed = result.listed, imported, unchanged, "Page committed.");
+            PageCommit::Committed {
+                imported,
+                unchanged,
+                next,
+            } => {
+                tracing::debug!(
+                    listed = result.listed,
+                    imported,
+                    unchanged,
+                    "Page committed."
+                );
                 if let Some(next) = next {
                     self.publish_next(next).await;
                 }
@@ -225,13 +269,20 @@ impl Worker {
     /// fails, the scheduler re-publishes the task once its lease passes.
     async fn publish_next(&self, next: TaskMessage) {
         let publish = || async { self.publisher.publish_tasks(&[next]).await };
-        if let Err(error) = publish.retry(ExponentialBuilder::default().with_jitter()).await {
+        if let Err(error) = publish
+            .retry(ExponentialBuilder::default().with_jitter())
+            .await
+        {
             tracing::warn!(%error, "Could not publish the next page; the scheduler will re-publish it.");
         }
     }
 
     /// Decides what a storage error means for the task and the import.
-    async fn storage_failed(&self, task: &TaskContext, error: StorageError) -> Result<Outcome, DbError> {
+    async fn storage_failed(
+        &self,
+        task: &TaskContext,
+        error: StorageError,
+    ) -> Result<Outcome, DbError> {
         let prefix_url = task.request.source.url(&task.prefix);
         if error.is_transient() {
             let attempts = self.store.record_attempt(task.message).await?;
@@ -250,7 +301,11 @@ impl Worker {
         match error {
             StorageError::AccessDenied(message) => {
                 tracing::warn!(%message, "Listing denied; the prefix fails, the import goes on.");
-                let failure = FailureRow { source_url: prefix_url, code: "access_denied", message };
+                let failure = FailureRow {
+                    source_url: prefix_url,
+                    code: "access_denied",
+                    message,
+                };
                 self.store.fail_task(task, &failure).await?;
             }
             StorageError::Credentials(CredentialError::Refused { sentence }) => {
@@ -259,7 +314,9 @@ impl Worker {
             }
             other => {
                 tracing::warn!(error = %other, "The import cannot run.");
-                self.store.fail_import(task.import_id, &other.to_string()).await?;
+                self.store
+                    .fail_import(task.import_id, &other.to_string())
+                    .await?;
             }
         }
         Ok(Outcome::Done)

@@ -6,7 +6,10 @@ use tether_shared::db::tasks::{FailureRow, ImageRow, PageResult};
 use tether_shared::storage::ListPage;
 
 pub(crate) fn build(request: &ImportRequest, page: ListPage) -> PageResult {
-    let mut result = PageResult { next: page.next, ..PageResult::default() };
+    let mut result = PageResult {
+        next: page.next,
+        ..PageResult::default()
+    };
     let max = request.filter.max_object_bytes;
     for object in page.objects {
         if object.key.ends_with('/') {

@@ -53,7 +53,12 @@ pub struct StsCredentials {
 
 impl StsCredentials {
     pub fn new(client: aws_sdk_sts::Client, refresh_margin: Duration) -> Self {
-        Self { client, refresh_margin, slots: Mutex::new(HashMap::new()), refreshes: AtomicU64::new(0) }
+        Self {
+            client,
+            refresh_margin,
+            slots: Mutex::new(HashMap::new()),
+            refreshes: AtomicU64::new(0),
+        }
     }
 
     /// How many times a session was obtained or renewed (for tests and metrics).
@@ -62,7 +67,10 @@ impl StsCredentials {
     }
 
     fn slot(&self, key: &RoleKey) -> Slot {
-        let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         slots.entry(key.clone()).or_default().clone()
     }
 
@@ -90,7 +98,9 @@ impl StsCredentials {
                     reason = %message,
                     "STS refused 6-hour sessions for this role; using 1-hour sessions, refreshed more often."
                 );
-                self.assume_once(key, FALLBACK_SESSION_SECONDS).await.map_err(|e| e.into_error(key))
+                self.assume_once(key, FALLBACK_SESSION_SECONDS)
+                    .await
+                    .map_err(|e| e.into_error(key))
             }
             other => other.map_err(|e| e.into_error(key)),
         }
@@ -107,11 +117,12 @@ impl StsCredentials {
             .send()
             .await
             .map_err(classify)?;
-        let c = output
-            .credentials()
-            .ok_or_else(|| AssumeError::Unavailable("STS answered AssumeRole without credentials".into()))?;
-        let expires = SystemTime::try_from(*c.expiration())
-            .map_err(|_| AssumeError::Unavailable("STS returned an unreadable expiration".into()))?;
+        let c = output.credentials().ok_or_else(|| {
+            AssumeError::Unavailable("STS answered AssumeRole without credentials".into())
+        })?;
+        let expires = SystemTime::try_from(*c.expiration()).map_err(|_| {
+            AssumeError::Unavailable("STS returned an unreadable expiration".into())
+        })?;
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(role_arn = %key.role_arn, seconds, "Assumed the customer's role.");
         Ok(Session {
@@ -129,7 +140,10 @@ impl StsCredentials {
 
     /// A credentials provider for SDK clients that reads this cache.
     pub fn provider(self: &Arc<Self>, key: RoleKey) -> RoleProvider {
-        RoleProvider { sts: Arc::clone(self), key }
+        RoleProvider {
+            sts: Arc::clone(self),
+            key,
+        }
     }
 }
 
@@ -178,7 +192,10 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
                 AssumeError::Refused { code, message }
             }
         }
-        _ => AssumeError::Unavailable(format!("STS could not be reached: {}", aws_sdk_sts::error::DisplayErrorContext(&error))),
+        _ => AssumeError::Unavailable(format!(
+            "STS could not be reached: {}",
+            aws_sdk_sts::error::DisplayErrorContext(&error)
+        )),
     }
 }
 
@@ -223,7 +240,13 @@ mod tests {
             "ValidationError",
             "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining."
         ));
-        assert!(!is_duration_refusal("AccessDenied", "not authorized to perform sts:AssumeRole"));
-        assert!(!is_duration_refusal("ValidationError", "1 validation error detected: roleArn"));
+        assert!(!is_duration_refusal(
+            "AccessDenied",
+            "not authorized to perform sts:AssumeRole"
+        ));
+        assert!(!is_duration_refusal(
+            "ValidationError",
+            "1 validation error detected: roleArn"
+        ));
     }
 }

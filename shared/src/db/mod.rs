@@ -15,7 +15,10 @@ use crate::contract::Secret;
 
 /// Migrations in the order they apply; each runs once, recorded in
 /// `tether.schema_migrations`.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_init",
+    include_str!("../../../migrations/0001_init.sql"),
+)];
 
 /// An arbitrary constant: the advisory lock that serialises schedulers
 /// applying migrations at the same time.
@@ -50,7 +53,13 @@ impl Store {
             // The parser's message never contains the password.
             .map_err(|e: tokio_postgres::Error| DbError::BadUrl(e.to_string()))?;
         // Verified: after a database restart, Fast would hand out dead connections.
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Verified });
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
         let pool = Pool::builder(manager)
             .max_size(max_size)
             .runtime(Runtime::Tokio1)
@@ -73,7 +82,8 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
         tx.batch_execute(
             "CREATE SCHEMA IF NOT EXISTS tether;
              CREATE TABLE IF NOT EXISTS tether.schema_migrations (
@@ -82,14 +92,20 @@ impl Store {
         .await?;
         for (version, sql) in MIGRATIONS {
             let done = tx
-                .query_opt("SELECT 1 FROM tether.schema_migrations WHERE version = $1", &[version])
+                .query_opt(
+                    "SELECT 1 FROM tether.schema_migrations WHERE version = $1",
+                    &[version],
+                )
                 .await?
                 .is_some();
             if !done {
                 tracing::info!(version, "Applying migration.");
                 tx.batch_execute(sql).await?;
-                tx.execute("INSERT INTO tether.schema_migrations (version) VALUES ($1)", &[version])
-                    .await?;
+                tx.execute(
+                    "INSERT INTO tether.schema_migrations (version) VALUES ($1)",
+                    &[version],
+                )
+                .await?;
             }
         }
         tx.commit().await?;

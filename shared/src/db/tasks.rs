@@ -19,7 +19,10 @@ const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5d1f_6c3e_8a2b_4c71_9e0d_7b3a_1f42_
 
 /// `tether.images.image_id`: stable for (`dataset_id`, `source_url`).
 pub fn image_id(dataset_id: &str, source_url: &str) -> Uuid {
-    Uuid::new_v5(&ID_NAMESPACE, format!("{dataset_id}\n{source_url}").as_bytes())
+    Uuid::new_v5(
+        &ID_NAMESPACE,
+        format!("{dataset_id}\n{source_url}").as_bytes(),
+    )
 }
 
 fn failure_key(source_url: &str) -> Uuid {
@@ -107,18 +110,27 @@ impl Store {
 
     /// Writes a page's references and failures, adds its counts to the
     /// import, and checkpoints the continuation token, in one transaction.
-    pub async fn commit_page(&self, task: &TaskContext, page: &PageResult) -> Result<PageCommit, DbError> {
+    pub async fn commit_page(
+        &self,
+        task: &TaskContext,
+        page: &PageResult,
+    ) -> Result<PageCommit, DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         if !lock_current(&tx, task.message).await? {
             return Ok(PageCommit::Stale);
         }
         let request = &task.request;
-        let ids: Vec<Uuid> = page.images.iter().map(|i| image_id(&request.dataset_id, &i.source_url)).collect();
+        let ids: Vec<Uuid> = page
+            .images
+            .iter()
+            .map(|i| image_id(&request.dataset_id, &i.source_url))
+            .collect();
         let urls: Vec<&str> = page.images.iter().map(|i| i.source_url.as_str()).collect();
         let sizes: Vec<i64> = page.images.iter().map(|i| i.size_bytes).collect();
         let etags: Vec<Option<&str>> = page.images.iter().map(|i| i.etag.as_deref()).collect();
-        let modified: Vec<Option<DateTime<Utc>>> = page.images.iter().map(|i| i.last_modified).collect();
+        let modified: Vec<Option<DateTime<Utc>>> =
+            page.images.iter().map(|i| i.last_modified).collect();
         let storage = match request.mode {
             Mode::Link => "link",
             Mode::Copy => "copy",
@@ -182,7 +194,10 @@ impl Store {
                     &[&task.message.task_id, token],
                 )
                 .await?;
-                Some(TaskMessage { task_id: task.message.task_id, seq: task.message.seq + 1 })
+                Some(TaskMessage {
+                    task_id: task.message.task_id,
+                    seq: task.message.seq + 1,
+                })
             }
             None => {
                 tx.execute(
@@ -195,12 +210,20 @@ impl Store {
             }
         };
         tx.commit().await?;
-        Ok(PageCommit::Committed { imported, unchanged, next })
+        Ok(PageCommit::Committed {
+            imported,
+            unchanged,
+            next,
+        })
     }
 
     /// Ends a task whose prefix cannot be listed (e.g. access denied): one
     /// failure row for the prefix, the rest of the import goes on.
-    pub async fn fail_task(&self, task: &TaskContext, failure: &FailureRow) -> Result<bool, DbError> {
+    pub async fn fail_task(
+        &self,
+        task: &TaskContext,
+        failure: &FailureRow,
+    ) -> Result<bool, DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         if !lock_current(&tx, task.message).await? {
@@ -212,7 +235,13 @@ impl Store {
              ON CONFLICT (import_id, failure_key) DO UPDATE
              SET code = EXCLUDED.code, message = EXCLUDED.message,
                  attempts = tether.import_failures.attempts + 1, last_attempt_at = now()",
-            &[&task.import_id, &task.message.task_id, &failure.source_url, &failure.code, &failure.message],
+            &[
+                &task.import_id,
+                &task.message.task_id,
+                &failure.source_url,
+                &failure.code,
+                &failure.message,
+            ],
         )
         .await?;
         tx.execute(
@@ -270,7 +299,11 @@ impl Store {
     /// progress since: the message may be lost (a crash between commit and
     /// publish, a broker restart). Marks them published again and returns
     /// them; a duplicate does no harm.
-    pub async fn tasks_to_republish(&self, after_secs: f64, limit: i64) -> Result<Vec<TaskMessage>, DbError> {
+    pub async fn tasks_to_republish(
+        &self,
+        after_secs: f64,
+        limit: i64,
+    ) -> Result<Vec<TaskMessage>, DbError> {
         Ok(self
             .client()
             .await?
@@ -287,15 +320,24 @@ impl Store {
             )
             .await?
             .iter()
-            .map(|r| TaskMessage { task_id: r.get(0), seq: r.get(1) })
+            .map(|r| TaskMessage {
+                task_id: r.get(0),
+                seq: r.get(1),
+            })
             .collect())
     }
 }
 
 /// Locks the task row and tells whether the message is still current.
-async fn lock_current(tx: &tokio_postgres::Transaction<'_>, message: TaskMessage) -> Result<bool, DbError> {
+async fn lock_current(
+    tx: &tokio_postgres::Transaction<'_>,
+    message: TaskMessage,
+) -> Result<bool, DbError> {
     let row = tx
-        .query_opt("SELECT seq, state FROM tether.tasks WHERE task_id = $1 FOR UPDATE", &[&message.task_id])
+        .query_opt(
+            "SELECT seq, state FROM tether.tasks WHERE task_id = $1 FOR UPDATE",
+            &[&message.task_id],
+        )
         .await?;
     Ok(row.is_some_and(|r| r.get::<_, i32>(0) == message.seq && r.get::<_, &str>(1) == "pending"))
 }
@@ -308,7 +350,10 @@ async fn insert_failures(
     if failures.is_empty() {
         return Ok(());
     }
-    let keys: Vec<Uuid> = failures.iter().map(|f| failure_key(&f.source_url)).collect();
+    let keys: Vec<Uuid> = failures
+        .iter()
+        .map(|f| failure_key(&f.source_url))
+        .collect();
     let urls: Vec<&str> = failures.iter().map(|f| f.source_url.as_str()).collect();
     let codes: Vec<&str> = failures.iter().map(|f| f.code).collect();
     let messages: Vec<&str> = failures.iter().map(|f| f.message.as_str()).collect();

@@ -60,7 +60,9 @@ impl StorageError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StorageError::Throttled(_) | StorageError::Unavailable(_) | StorageError::Credentials(CredentialError::Unavailable(_))
+            StorageError::Throttled(_)
+                | StorageError::Unavailable(_)
+                | StorageError::Credentials(CredentialError::Unavailable(_))
         )
     }
 
@@ -68,9 +70,12 @@ impl StorageError {
     pub fn code(&self) -> &'static str {
         match self {
             StorageError::BucketNotFound(_) => "not_found",
-            StorageError::AccessDenied(_) | StorageError::Credentials(CredentialError::Refused { .. }) => "access_denied",
+            StorageError::AccessDenied(_)
+            | StorageError::Credentials(CredentialError::Refused { .. }) => "access_denied",
             StorageError::Throttled(_) => "throttled",
-            StorageError::Unavailable(_) | StorageError::Credentials(CredentialError::Unavailable(_)) | StorageError::Unsupported(_) => "unavailable",
+            StorageError::Unavailable(_)
+            | StorageError::Credentials(CredentialError::Unavailable(_))
+            | StorageError::Unsupported(_) => "unavailable",
         }
     }
 }
@@ -81,7 +86,12 @@ pub trait ObjectSource: Send + Sync + fmt::Debug {
     /// Lists one page of at most `max_keys` objects under `prefix`,
     /// continuing from `token`. A refused or failed listing is an error,
     /// never an empty page.
-    async fn list_page(&self, prefix: &str, token: Option<&str>, max_keys: u32) -> Result<ListPage, StorageError>;
+    async fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+        max_keys: u32,
+    ) -> Result<ListPage, StorageError>;
 }
 
 /// Builds the [`ObjectSource`] for a request's source, with the

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use aws_sdk_s3::config::{IdentityCache, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    IdentityCache, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use chrono::DateTime;
 
@@ -25,7 +27,11 @@ pub struct S3Sources {
 impl S3Sources {
     /// `sdk` is Tether's own AWS configuration (endpoints, HTTP client);
     /// `force_path_style` is `TETHER_S3_FORCE_PATH_STYLE`.
-    pub fn new(sdk: &aws_config::SdkConfig, sts: Arc<StsCredentials>, force_path_style: bool) -> Self {
+    pub fn new(
+        sdk: &aws_config::SdkConfig,
+        sts: Arc<StsCredentials>,
+        force_path_style: bool,
+    ) -> Self {
         let base = aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(force_path_style)
             // Our provider caches with its own margin; the SDK's cache would
@@ -34,25 +40,48 @@ impl S3Sources {
             // S3-compatible stores reject the checksums the SDK adds by default.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        Self { base, sts, default_region: sdk.region().cloned(), clients: Mutex::new(HashMap::new()) }
+        Self {
+            base,
+            sts,
+            default_region: sdk.region().cloned(),
+            clients: Mutex::new(HashMap::new()),
+        }
     }
 
     /// A source for the request's bucket. Assumes the role first, so that a
     /// refusal surfaces here as a clear credentials error.
     pub async fn open(&self, source: &S3Source) -> Result<S3Bucket, StorageError> {
-        let key = RoleKey { role_arn: source.role_arn.clone(), external_id: source.external_id.clone() };
+        let key = RoleKey {
+            role_arn: source.role_arn.clone(),
+            external_id: source.external_id.clone(),
+        };
         self.sts.credentials(&key).await?;
-        let region = source.region.clone().map(Region::new).or_else(|| self.default_region.clone());
+        let region = source
+            .region
+            .clone()
+            .map(Region::new)
+            .or_else(|| self.default_region.clone());
         let region_name = region.as_ref().map(ToString::to_string).unwrap_or_default();
-        let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let client = clients
             .entry((key.clone(), region_name))
             .or_insert_with(|| {
-                let config = self.base.clone().region(region).credentials_provider(self.sts.provider(key)).build();
+                let config = self
+                    .base
+                    .clone()
+                    .region(region)
+                    .credentials_provider(self.sts.provider(key))
+                    .build();
                 aws_sdk_s3::Client::from_conf(config)
             })
             .clone();
-        Ok(S3Bucket { client, bucket: source.bucket.clone() })
+        Ok(S3Bucket {
+            client,
+            bucket: source.bucket.clone(),
+        })
     }
 }
 
@@ -65,7 +94,12 @@ pub struct S3Bucket {
 
 #[async_trait::async_trait]
 impl ObjectSource for S3Bucket {
-    async fn list_page(&self, prefix: &str, token: Option<&str>, max_keys: u32) -> Result<ListPage, StorageError> {
+    async fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+        max_keys: u32,
+    ) -> Result<ListPage, StorageError> {
         let output = self
             .client
             .list_objects_v2()
@@ -110,7 +144,10 @@ impl S3Bucket {
     ) -> StorageError {
         let bucket = &self.bucket;
         let SdkError::ServiceError(service) = &error else {
-            return StorageError::Unavailable(format!("S3 could not be reached: {}", DisplayErrorContext(&error)));
+            return StorageError::Unavailable(format!(
+                "S3 could not be reached: {}",
+                DisplayErrorContext(&error)
+            ));
         };
         let status = service.raw().status().as_u16();
         let code = service.err().code().unwrap_or_default();

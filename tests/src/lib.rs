@@ -1,0 +1,569 @@
+//! The harness of Tether's integration tests. Every test gets its own
+//! Postgres database, RabbitMQ virtual host and bucket, so tests run in
+//! parallel against the real services that `make test` starts. A missing
+//! service makes the test fail with a message saying so; nothing is skipped.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use futures_util::StreamExt;
+use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection};
+use serde_json::{json, Value};
+use tether_scheduler::SchedulerConfig;
+use tether_shared::config::{CommonConfig, LogFormat};
+use tether_shared::contract::{
+    Secret, EXCHANGE, REJECTED_QUEUE, REJECT_REASON_HEADER, ROUTING_FINISHED,
+};
+use tether_shared::db::Store;
+use tether_shared::queue;
+use tether_worker::WorkerConfig;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The queue each test binds to `import.finished` to watch FinishedEvents.
+const EVENTS_QUEUE: &str = "test.finished-events";
+const FINAL_STATES: [&str; 4] = ["succeeded", "partially_succeeded", "failed", "cancelled"];
+
+/// A variable `make test` exports; a test without it fails and says why.
+pub fn service_var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `make test`, which starts PostgreSQL, RabbitMQ and the emulators and exports it")
+    })
+}
+
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        std::io::stderr().write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures every log line of this test process (debug level and up), so a
+/// test can check what reached the logs.
+fn init_log_capture() {
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = Capture(Arc::clone(&buffer));
+        let filter = tracing_subscriber::EnvFilter::new(
+            "debug,lapin=info,amq_protocol=info,hyper=info,hyper_util=info,h2=info,rustls=info,tokio_postgres=info",
+        );
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init();
+        buffer
+    });
+}
+
+/// Everything logged so far in this process.
+pub fn captured_logs() -> String {
+    let buffer = LOGS.get().map(|b| {
+        b.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    });
+    String::from_utf8_lossy(&buffer.unwrap_or_default()).into_owned()
+}
+
+/// A rejected request as found in `tether.rejected`.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub body: Vec<u8>,
+    pub reason: String,
+}
+
+/// One test's private database, virtual host and bucket.
+#[derive(Debug)]
+pub struct TestEnv {
+    pub id: String,
+    pub database_url: String,
+    pub amqp_url: String,
+    pub store: Store,
+    pub s3: aws_sdk_s3::Client,
+    pub sdk: aws_config::SdkConfig,
+    pub bucket: String,
+    amqp: Connection,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        init_log_capture();
+        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let database_url = create_database(&id).await;
+        let amqp_url = create_vhost(&id).await;
+        let amqp = queue::connect(&Secret::new(amqp_url.clone()), "tether-test")
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ is not reachable at {amqp_url}: {e}"));
+        queue::declare_topology(&amqp)
+            .await
+            .expect("declare the topology");
+        let channel = amqp.create_channel().await.expect("open a channel");
+        channel
+            .queue_declare(
+                EVENTS_QUEUE.into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the events queue");
+        channel
+            .queue_bind(
+                EVENTS_QUEUE.into(),
+                EXCHANGE.into(),
+                ROUTING_FINISHED.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind the events queue");
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await;
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(true)
+                .build(),
+        );
+        let bucket = format!("tether-t-{id}");
+        s3.create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the S3 emulator refused to create a bucket (is moto running?): {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                )
+            });
+        let store = Store::connect(&Secret::new(database_url.clone()), 4).expect("database URL");
+        Self {
+            id,
+            database_url,
+            amqp_url,
+            store,
+            s3,
+            sdk,
+            bucket,
+            amqp,
+        }
+    }
+
+    fn common(&self) -> CommonConfig {
+        CommonConfig {
+            database_url: Secret::new(self.database_url.clone()),
+            amqp_url: Secret::new(self.amqp_url.clone()),
+            metrics_addr: None,
+            db_pool_size: 8,
+            log_format: LogFormat::Text,
+        }
+    }
+
+    /// A scheduler configured for tests: short ticks.
+    pub fn scheduler_config(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            common: self.common(),
+            gcs_allow_own_identity: false,
+            tick_secs: 0.1,
+            republish_after_secs: 300.0,
+        }
+    }
+
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            common: self.common(),
+            page_size: 1000,
+            concurrency: 4,
+            sts_refresh_margin_secs: 900,
+            s3_force_path_style: true,
+            max_attempts: 3,
+            drain_secs: 5,
+        }
+    }
+
+    /// Starts schedulers and workers in this process, and waits until the
+    /// schedulers have applied the migrations.
+    pub async fn start(
+        &self,
+        schedulers: Vec<SchedulerConfig>,
+        workers: Vec<WorkerConfig>,
+    ) -> Fleet {
+        let token = CancellationToken::new();
+        let mut handles: Vec<JoinHandle<Result<(), String>>> = Vec::new();
+        for config in schedulers {
+            let token = token.clone();
+            handles.push(tokio::spawn(async move {
+                tether_scheduler::run(config, token)
+                    .await
+                    .map_err(|e| format!("scheduler: {e}"))
+            }));
+        }
+        for config in workers {
+            let token = token.clone();
+            handles.push(tokio::spawn(async move {
+                tether_worker::run(config, token)
+                    .await
+                    .map_err(|e| format!("worker: {e}"))
+            }));
+        }
+        let fleet = Fleet { token, handles };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self
+            .query("SELECT to_regclass('tether.import_status')::text", &[])
+            .await[0]
+            .get::<_, Option<String>>(0)
+            .is_none()
+        {
+            fleet.assert_running();
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no schema 30 s after the schedulers started"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        fleet
+    }
+
+    /// One scheduler and `workers` workers with the test defaults.
+    pub async fn start_default(&self, workers: usize) -> Fleet {
+        self.start(
+            vec![self.scheduler_config()],
+            (0..workers).map(|_| self.worker_config()).collect(),
+        )
+        .await
+    }
+
+    pub async fn put(&self, key: &str, body: &[u8]) {
+        self.s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body.to_vec()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+    }
+
+    /// Puts many small objects, 16 at a time; each body names its key.
+    pub async fn put_many(&self, keys: impl IntoIterator<Item = String>) {
+        futures_util::stream::iter(keys)
+            .for_each_concurrent(
+                16,
+                |key| async move { self.put(&key, key.as_bytes()).await },
+            )
+            .await;
+    }
+
+    /// A valid S3 link request for this test's bucket.
+    pub fn request(&self, dataset: &str, prefixes: &[&str]) -> Value {
+        json!({
+            "version": 1,
+            "import_id": Uuid::new_v4(),
+            "workspace_id": "ws-test",
+            "dataset_id": dataset,
+            "mode": "link",
+            "source": {
+                "provider": "s3",
+                "bucket": self.bucket,
+                "prefixes": prefixes,
+                "role_arn": "arn:aws:iam::123456789012:role/tether-test",
+                "external_id": "ext-7ed6d782"
+            }
+        })
+    }
+
+    /// Publishes an ImportRequest as the platform does.
+    pub async fn submit(&self, request: &Value) -> Uuid {
+        self.publish_raw(
+            "import.request",
+            request.to_string().as_bytes(),
+            Some("application/json"),
+        )
+        .await;
+        request["import_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default()
+    }
+
+    /// Publishes any bytes with any content type on the `tether` exchange.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8], content_type: Option<&str>) {
+        let channel = self.amqp.create_channel().await.expect("channel");
+        channel
+            .confirm_select(Default::default())
+            .await
+            .expect("confirms");
+        let mut properties = BasicProperties::default().with_delivery_mode(2);
+        if let Some(ct) = content_type {
+            properties = properties.with_content_type(ct.into());
+        }
+        channel
+            .basic_publish(
+                EXCHANGE.into(),
+                routing_key.into(),
+                Default::default(),
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        let _ = channel.close(200, "done".into()).await;
+    }
+
+    /// The import's status row, once it exists.
+    pub async fn status(&self, import_id: Uuid) -> Option<Value> {
+        self.store
+            .import_status(import_id)
+            .await
+            .expect("read status")
+    }
+
+    /// Waits (up to `timeout`) for the import to reach a final state.
+    pub async fn wait_final_within(&self, import_id: Uuid, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.status(import_id).await;
+            if let Some(s) = &status {
+                if FINAL_STATES.contains(&s["state"].as_str().unwrap_or_default()) {
+                    return s.clone();
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("import {import_id} not final after {timeout:?}; last status: {status:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_final(&self, import_id: Uuid) -> Value {
+        self.wait_final_within(import_id, Duration::from_secs(60))
+            .await
+    }
+
+    /// Takes up to `n` messages from `queue`, waiting up to `wait` for them.
+    async fn take(
+        &self,
+        queue: &str,
+        n: usize,
+        wait: Duration,
+    ) -> Vec<lapin::message::BasicGetMessage> {
+        let channel = self.amqp.create_channel().await.expect("channel");
+        let mut messages = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while messages.len() < n && tokio::time::Instant::now() < deadline {
+            match channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get")
+            {
+                Some(message) => messages.push(message),
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let _ = channel.close(200, "done".into()).await;
+        messages
+    }
+
+    /// Takes `n` messages from `tether.rejected`, waiting up to 10 s for them,
+    /// and whatever else is there half a second later.
+    pub async fn rejected(&self, n: usize) -> Vec<Rejected> {
+        let mut messages = self.take(REJECTED_QUEUE, n, Duration::from_secs(10)).await;
+        messages.extend(
+            self.take(REJECTED_QUEUE, usize::MAX, Duration::from_millis(500))
+                .await,
+        );
+        messages
+            .into_iter()
+            .map(|m| {
+                let reason = m
+                    .delivery
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get(REJECT_REASON_HEADER).cloned())
+                    .map(|v| match v {
+                        AMQPValue::LongString(s) => {
+                            String::from_utf8_lossy(s.as_bytes()).into_owned()
+                        }
+                        other => format!("{other:?}"),
+                    })
+                    .unwrap_or_default();
+                Rejected {
+                    body: m.delivery.data,
+                    reason,
+                }
+            })
+            .collect()
+    }
+
+    /// Takes the FinishedEvents published so far: waits up to 10 s for `n`,
+    /// then takes whatever else comes within half a second.
+    pub async fn finished_events(&self, n: usize) -> Vec<Value> {
+        let mut messages = self.take(EVENTS_QUEUE, n, Duration::from_secs(10)).await;
+        messages.extend(
+            self.take(EVENTS_QUEUE, usize::MAX, Duration::from_millis(500))
+                .await,
+        );
+        messages
+            .into_iter()
+            .map(|m| serde_json::from_slice(&m.delivery.data).expect("event is JSON"))
+            .collect()
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Vec<tokio_postgres::Row> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test database");
+        tokio::spawn(connection);
+        client.query(sql, params).await.expect("query")
+    }
+
+    /// source_url → etag of every image of a dataset.
+    pub async fn images(&self, dataset: &str) -> BTreeMap<String, Option<String>> {
+        self.query(
+            "SELECT source_url, etag FROM tether.images WHERE dataset_id = $1",
+            &[&dataset],
+        )
+        .await
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    }
+
+    /// (source_url, code) of every failure of an import.
+    pub async fn failures(&self, import_id: Uuid) -> Vec<(String, String)> {
+        self.query(
+            "SELECT source_url, code FROM tether.import_failures WHERE import_id = $1 ORDER BY source_url",
+            &[&import_id],
+        )
+        .await
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    }
+
+    /// How many imports the database holds.
+    pub async fn import_count(&self) -> i64 {
+        self.query("SELECT count(*) FROM tether.imports", &[]).await[0].get(0)
+    }
+}
+
+/// Schedulers and workers running in this process.
+#[derive(Debug)]
+pub struct Fleet {
+    token: CancellationToken,
+    handles: Vec<JoinHandle<Result<(), String>>>,
+}
+
+impl Fleet {
+    /// Panics if any process of the fleet has stopped.
+    pub fn assert_running(&self) {
+        assert!(
+            self.handles.iter().all(|h| !h.is_finished()),
+            "a scheduler or worker stopped"
+        );
+    }
+
+    /// SIGTERM for the whole fleet; every process must stop cleanly.
+    pub async fn stop(self) {
+        self.token.cancel();
+        for handle in self.handles {
+            let result = tokio::time::timeout(Duration::from_secs(30), handle)
+                .await
+                .expect("stopped within 30 s")
+                .expect("did not panic");
+            if let Err(error) = result {
+                panic!("{error}");
+            }
+        }
+    }
+}
+
+fn with_path(base: &str, path: &str) -> String {
+    let base = base.trim_end_matches('/');
+    let root = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/') {
+            Some((authority, _)) => format!("{scheme}://{authority}"),
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
+    };
+    format!("{root}/{path}")
+}
+
+async fn create_database(id: &str) -> String {
+    let admin_url = service_var("TETHER_TEST_DATABASE_URL");
+    let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL is not reachable with TETHER_TEST_DATABASE_URL: {e}")
+        });
+    tokio::spawn(connection);
+    let name = format!("tether_t_{id}");
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap_or_else(|e| panic!("cannot create the test database {name}: {e}"));
+    with_path(&admin_url, &name)
+}
+
+async fn create_vhost(id: &str) -> String {
+    let api = reqwest::Url::parse(&service_var("TETHER_TEST_RABBITMQ_API"))
+        .expect("TETHER_TEST_RABBITMQ_API is a URL");
+    let user = api.username().to_owned();
+    let password = api.password().unwrap_or_default().to_owned();
+    let vhost = format!("tether-t-{id}");
+    let http = reqwest::Client::new();
+    let base = format!(
+        "{}://{}:{}",
+        api.scheme(),
+        api.host_str().unwrap_or("127.0.0.1"),
+        api.port().unwrap_or(15672)
+    );
+    for (url, body) in [
+        (format!("{base}/api/vhosts/{vhost}"), json!({})),
+        (
+            format!("{base}/api/permissions/{vhost}/{user}"),
+            json!({"configure": ".*", "write": ".*", "read": ".*"}),
+        ),
+    ] {
+        let response = http
+            .put(&url)
+            .basic_auth(&user, Some(&password))
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("the RabbitMQ management API is not reachable (is rabbitmq_management enabled?): {e}"));
+        assert!(
+            response.status().is_success(),
+            "RabbitMQ refused {url}: {}",
+            response.status()
+        );
+    }
+    with_path(&service_var("TETHER_TEST_AMQP_URL"), &vhost)
+}
