@@ -217,12 +217,14 @@ pub fn parse_request(
         .map(|import_id| Claim { import_id, digest });
     match content_type {
         Some(ct) if is_json_content_type(ct) => {}
-        Some(ct) => return Err(reject(
-            claim,
-            format!(
+        Some(ct) => {
+            return Err(reject(
+                claim,
+                format!(
                 "content_type is {ct:?}: publish the request with content_type application/json"
             ),
-        )),
+            ))
+        }
         None => {
             return Err(reject(
                 claim,
