@@ -21,10 +21,10 @@ test: services
 demo: services build
 	scripts/demo.sh
 
-# Placeholder: the tether-bench crate comes later.
+# Benchmarks (release build) against the same services; results in bench/results/.
 bench: services
 	scripts/services.sh bench-tools
-	cargo run --release -p tether-bench
+	set -a; eval "$$(scripts/services.sh env)"; cargo run --release -p tether-bench
 
 fmt:
 	cargo fmt --all
