@@ -11,6 +11,8 @@ build:
 	cargo build --workspace --bins
 
 test: services
+	scripts/services.sh test-tools
+	scripts/check-deploy.sh
 	set -a; eval "$$(scripts/services.sh env)"; \
 	if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --workspace --no-fail-fast; \

@@ -141,6 +141,12 @@ bench_tools() {
   else apt_install rclone; say "rclone: installed"; fi
 }
 
+# promtool (Debian's prometheus package) checks the alert rules in make test.
+test_tools() {
+  if command -v promtool >/dev/null; then say "promtool: already installed"
+  else apt_install --no-install-recommends prometheus; say "promtool: installed"; fi
+}
+
 print_env() {
   cat <<'EOF'
 export TETHER_TEST_DATABASE_URL=postgres://tether:tether@127.0.0.1:5432/tether
@@ -160,5 +166,6 @@ case "${1:-}" in
   stop) stop_moto ;;
   env) print_env ;;
   bench-tools) bench_tools ;;
-  *) echo "usage: $0 start|stop|env|bench-tools" >&2; exit 2 ;;
+  test-tools) test_tools ;;
+  *) echo "usage: $0 start|stop|env|bench-tools|test-tools" >&2; exit 2 ;;
 esac

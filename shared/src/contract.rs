@@ -833,9 +833,9 @@ mod tests {
 
     #[test]
     fn digest_ignores_key_order_and_spacing() {
-        let a: Value = serde_json::from_str(r#"{"a":1,"b":{"c":[1,2],"d":"x"}}"#).unwrap();
-        let b: Value = serde_json::from_str(r#"{ "b" : { "d":"x", "c":[1, 2] }, "a":1 }"#).unwrap();
-        let c: Value = serde_json::from_str(r#"{"a":1,"b":{"c":[2,1],"d":"x"}}"#).unwrap();
+        let a: Value = serde_json::from_str(r#"{"a":1,"b":{"c":[1,2],"d":"x"}}"#).expect("json");
+        let b: Value = serde_json::from_str(r#"{ "b" : { "d":"x", "c":[1, 2] }, "a":1 }"#).expect("json");
+        let c: Value = serde_json::from_str(r#"{"a":1,"b":{"c":[2,1],"d":"x"}}"#).expect("json");
         assert_eq!(digest(&a), digest(&b));
         assert_ne!(digest(&a), digest(&c));
     }
@@ -872,10 +872,10 @@ mod tests {
           "source":{"provider":"s3","bucket":"acme-images","prefixes":["a/","a/b"],"role_arn":"arn:aws:iam::111122223333:role/r","external_id":"ext-1"},
           "filter":{"extensions":["JPG"],"max_object_bytes":10}}"#;
         let request = parse_request(body, Some("application/json"), ValidationOptions::default())
-            .unwrap()
+            .expect("valid")
             .request;
         assert_eq!(request.prefixes, vec!["a/".to_owned()]);
-        let back = ImportRequest::from_stored_json(&request.to_stored_json()).unwrap();
+        let back = ImportRequest::from_stored_json(&request.to_stored_json()).expect("stored form");
         assert_eq!(back, request);
     }
 }

@@ -221,7 +221,7 @@ impl ProvideCredentials for RoleProvider {
             self.sts
                 .credentials(&self.key)
                 .await
-                .map_err(|e| provider::error::CredentialsError::provider_error(e))
+                .map_err(provider::error::CredentialsError::provider_error)
         })
     }
 }
