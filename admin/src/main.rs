@@ -17,12 +17,7 @@ use uuid::Uuid;
 #[command(name = "tetherctl", version, about = "Staff's tool for Tether imports")]
 struct Cli {
     /// Postgres URL (for status).
-    #[arg(
-        long,
-        env = "TETHER_DATABASE_URL",
-        hide_env_values = true,
-        global = true
-    )]
+    #[arg(long, env = "TETHER_DATABASE_URL", hide_env_values = true, global = true)]
     database_url: Option<Secret>,
     /// RabbitMQ URL (for submit).
     #[arg(long, env = "TETHER_AMQP_URL", hide_env_values = true, global = true)]
@@ -73,14 +68,9 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CtlError> {
     match cli.command {
         Command::Status { import_id, json } => {
-            let url = cli
-                .database_url
-                .ok_or(CtlError::Missing("TETHER_DATABASE_URL", "database-url"))?;
+            let url = cli.database_url.ok_or(CtlError::Missing("TETHER_DATABASE_URL", "database-url"))?;
             let store = Store::connect(&url, 1)?;
-            let status = store
-                .import_status(import_id)
-                .await?
-                .ok_or(CtlError::NotFound(import_id))?;
+            let status = store.import_status(import_id).await?.ok_or(CtlError::NotFound(import_id))?;
             if json {
                 println!("{status}");
             } else {
@@ -89,16 +79,11 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             Ok(())
         }
         Command::Submit { file } => {
-            let url = cli
-                .amqp_url
-                .ok_or(CtlError::Missing("TETHER_AMQP_URL", "amqp-url"))?;
+            let url = cli.amqp_url.ok_or(CtlError::Missing("TETHER_AMQP_URL", "amqp-url"))?;
             let body = std::fs::read(&file).map_err(|e| CtlError::File(file.clone(), e))?;
             let connection = queue::connect(&url, "tetherctl").await?;
             queue::declare_topology(&connection).await?;
-            Publisher::new(&connection)
-                .await?
-                .publish_request(ROUTING_REQUEST, &body)
-                .await?;
+            Publisher::new(&connection).await?.publish_request(ROUTING_REQUEST, &body).await?;
             println!("submitted {}", file.display());
             Ok(())
         }
@@ -115,11 +100,7 @@ fn print_status(s: &Value, codes: &[(String, i64)]) {
     println!(
         "state       {}{}",
         field("state"),
-        if s["overdue"] == Value::Bool(true) {
-            " (OVERDUE)"
-        } else {
-            ""
-        }
+        if s["overdue"] == Value::Bool(true) { " (OVERDUE)" } else { "" }
     );
     println!(
         "workspace   {}   dataset {}   mode {}   provider {}",
@@ -136,23 +117,11 @@ fn print_status(s: &Value, codes: &[(String, i64)]) {
         field("objects_failed"),
         field("bytes_copied")
     );
-    println!(
-        "created     {}   deadline {}",
-        field("created_at"),
-        field("deadline_at")
-    );
-    println!(
-        "started     {}   finished {}",
-        field("started_at"),
-        field("finished_at")
-    );
+    println!("created     {}   deadline {}", field("created_at"), field("deadline_at"));
+    println!("started     {}   finished {}", field("started_at"), field("finished_at"));
     println!("error       {}", field("error"));
     if !codes.is_empty() {
-        let top: Vec<String> = codes
-            .iter()
-            .take(5)
-            .map(|(code, n)| format!("{code} {n}"))
-            .collect();
+        let top: Vec<String> = codes.iter().take(5).map(|(code, n)| format!("{code} {n}")).collect();
         println!("failures    {}", top.join(", "));
     }
 }

@@ -29,8 +29,18 @@ async fn main() {
     let rate = |d: Duration| objects as f64 / d.as_secs_f64();
     println!();
     println!("{:<44} {:>10} {:>12}", "run (S3 on moto)", "seconds", "objects/s");
-    println!("{:<44} {:>10.2} {:>12.0}", "bare ListObjectsV2, 1000 per page", listing.as_secs_f64(), rate(listing));
-    println!("{:<44} {:>10.2} {:>12.0}", "Tether link import (1 scheduler, 2 workers)", import.as_secs_f64(), rate(import));
+    println!(
+        "{:<44} {:>10.2} {:>12.0}",
+        "bare ListObjectsV2, 1000 per page",
+        listing.as_secs_f64(),
+        rate(listing)
+    );
+    println!(
+        "{:<44} {:>10.2} {:>12.0}",
+        "Tether link import (1 scheduler, 2 workers)",
+        import.as_secs_f64(),
+        rate(import)
+    );
     println!("{:<44} {:>23.2}", "Tether / bare listing", rate(import) / rate(listing));
 
     let results = json!({

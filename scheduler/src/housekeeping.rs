@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tether_shared::db::Store;
 use tether_shared::queue::{Publisher, QueueError};
+use tether_shared::task::TaskKind;
 use tokio_util::sync::CancellationToken;
 
 use crate::SchedulerError;
@@ -29,12 +30,7 @@ pub(crate) struct Keeper {
 
 impl Keeper {
     pub(crate) fn new(store: Store, publisher: Publisher, republish_after_secs: f64) -> Self {
-        Self {
-            store,
-            publisher,
-            republish_after_secs,
-            last_complaint: None,
-        }
+        Self { store, publisher, republish_after_secs, last_complaint: None }
     }
 
     pub(crate) async fn run(mut self, tick: Duration, stop: CancellationToken) {
@@ -51,16 +47,15 @@ impl Keeper {
 
     async fn pass(&mut self) -> Result<(), SchedulerError> {
         self.store.finish_ready_imports().await?;
-        let lost = self
-            .store
-            .tasks_to_republish(self.republish_after_secs, BATCH)
-            .await?;
+        let lost = self.store.tasks_to_republish(self.republish_after_secs, BATCH).await?;
         if !lost.is_empty() {
-            tracing::warn!(
-                tasks = lost.len(),
-                "Re-publishing tasks whose message may have been lost."
-            );
-            self.publisher.publish_tasks(&lost).await?;
+            tracing::warn!(tasks = lost.len(), "Re-publishing tasks whose message may have been lost.");
+            for kind in TaskKind::ALL {
+                let messages: Vec<_> = lost.iter().filter(|(k, _)| *k == kind).map(|(_, m)| *m).collect();
+                if !messages.is_empty() {
+                    self.publisher.publish_tasks(kind, &messages).await?;
+                }
+            }
         }
         self.publish_events().await
     }
@@ -74,11 +69,7 @@ impl Keeper {
             let mut published = Vec::with_capacity(events.len());
             let mut failure = None;
             for (event_id, body) in &events {
-                match self
-                    .publisher
-                    .publish_finished(body.to_string().as_bytes())
-                    .await
-                {
+                match self.publisher.publish_finished(body.to_string().as_bytes()).await {
                     Ok(()) => published.push(*event_id),
                     Err(error) => {
                         failure = Some(error);
@@ -94,9 +85,7 @@ impl Keeper {
     }
 
     fn complain(&mut self, error: &SchedulerError) {
-        let due = self
-            .last_complaint
-            .is_none_or(|t| t.elapsed() >= COMPLAINT_INTERVAL);
+        let due = self.last_complaint.is_none_or(|t| t.elapsed() >= COMPLAINT_INTERVAL);
         if due {
             if let SchedulerError::Queue(QueueError::Unroutable(_)) = error {
                 tracing::warn!("No queue is bound to import.finished on exchange tether: FinishedEvents wait in the outbox until the platform binds one.");

@@ -36,11 +36,7 @@ pub struct SchedulerConfig {
     pub tick_secs: f64,
     /// Re-publish a pending task whose message went out this many seconds
     /// ago without progress since (its message may have been lost).
-    #[arg(
-        long,
-        env = "TETHER_TASK_REPUBLISH_AFTER_SECS",
-        default_value_t = 300.0
-    )]
+    #[arg(long, env = "TETHER_TASK_REPUBLISH_AFTER_SECS", default_value_t = 300.0)]
     pub republish_after_secs: f64,
 }
 
@@ -57,14 +53,9 @@ pub enum SchedulerError {
 }
 
 /// Runs a scheduler until `shutdown` is cancelled.
-pub async fn run(
-    config: SchedulerConfig,
-    shutdown: CancellationToken,
-) -> Result<(), SchedulerError> {
+pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result<(), SchedulerError> {
     let tick = Duration::try_from_secs_f64(config.tick_secs).map_err(|_| {
-        SchedulerError::Config(
-            "TETHER_SCHEDULER_TICK_SECS must be a positive number of seconds".into(),
-        )
+        SchedulerError::Config("TETHER_SCHEDULER_TICK_SECS must be a positive number of seconds".into())
     })?;
     let store = Store::connect(&config.common.database_url, config.common.db_pool_size)?;
     store.migrate().await?;
@@ -73,12 +64,7 @@ pub async fn run(
     let publisher = Publisher::new(&connection).await?;
     let channel = queue::consumer_channel(&connection, 16).await?;
     let mut consumer = channel
-        .basic_consume(
-            REQUEST_QUEUE.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .basic_consume(REQUEST_QUEUE.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .map_err(QueueError::from)?;
     tracing::info!("Scheduler started.");
@@ -86,9 +72,7 @@ pub async fn run(
     let handler = requests::Handler::new(
         store.clone(),
         publisher.clone(),
-        ValidationOptions {
-            gcs_allow_own_identity: config.gcs_allow_own_identity,
-        },
+        ValidationOptions { gcs_allow_own_identity: config.gcs_allow_own_identity },
     );
     let keeper = housekeeping::Keeper::new(store, publisher, config.republish_after_secs);
     // The scheduler's own token: an error below stops the housekeeping too,
@@ -110,9 +94,7 @@ pub async fn run(
     };
     tracing::info!("Scheduler stopping.");
     stop.cancel();
-    let _ = channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await;
+    let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
     let _ = keeper_task.await;
     let _ = connection.close(200, "scheduler stopping".into()).await;
     tracing::info!("Scheduler stopped.");

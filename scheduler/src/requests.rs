@@ -15,6 +15,7 @@ use tether_shared::contract::{
 use tether_shared::db::imports::{Cancelled, Recorded};
 use tether_shared::db::{DbError, Store};
 use tether_shared::queue::{Publisher, QueueError};
+use tether_shared::task::TaskKind;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,11 +34,7 @@ pub(crate) struct Handler {
 
 impl Handler {
     pub(crate) fn new(store: Store, publisher: Publisher, options: ValidationOptions) -> Self {
-        Self {
-            store,
-            publisher,
-            options,
-        }
+        Self { store, publisher, options }
     }
 
     pub(crate) async fn handle(&self, delivery: Delivery, shutdown: &CancellationToken) {
@@ -53,14 +50,7 @@ impl Handler {
         let sent = match result {
             Ok(()) => delivery.ack(BasicAckOptions::default()).await,
             // Shutting down mid-outage: hand the request back untouched.
-            Err(_) => {
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
-            }
+            Err(_) => delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
         };
         if !matches!(sent, Ok(true)) {
             tracing::warn!("Could not settle a request message; the broker will redeliver it.");
@@ -76,17 +66,13 @@ impl Handler {
     }
 
     async fn request(&self, delivery: &Delivery) -> Result<(), HandleError> {
-        let content_type = delivery
-            .properties
-            .content_type()
-            .as_ref()
-            .map(|c| c.as_str());
+        let content_type = delivery.properties.content_type().as_ref().map(|c| c.as_str());
         match parse_request(&delivery.data, content_type, self.options) {
             Ok(ValidRequest { request, digest }) => {
                 match self.store.record_import(&request, &digest).await? {
                     Recorded::Created(tasks) => {
                         tracing::info!(import_id = %request.import_id, tasks = tasks.len(), "Import recorded.");
-                        if let Err(error) = self.publisher.publish_tasks(&tasks).await {
+                        if let Err(error) = self.publisher.publish_tasks(TaskKind::List, &tasks).await {
                             // Committed already: the housekeeping re-publishes them.
                             tracing::warn!(%error, import_id = %request.import_id, "Could not publish the listing tasks yet.");
                         }
@@ -105,27 +91,15 @@ impl Handler {
                     }
                 }
             }
-            Err(Rejection {
-                claim: Some(claim),
-                reason,
-            }) => {
-                if self
-                    .store
-                    .is_duplicate(claim.import_id, &claim.digest)
-                    .await?
-                {
+            Err(Rejection { claim: Some(claim), reason }) => {
+                if self.store.is_duplicate(claim.import_id, &claim.digest).await? {
                     return Ok(()); // This very rejection was handled before.
                 }
                 self.reject(delivery, &reason).await?;
-                self.store
-                    .record_rejected(claim.import_id, &claim.digest, &reason)
-                    .await?;
+                self.store.record_rejected(claim.import_id, &claim.digest, &reason).await?;
                 Ok(())
             }
-            Err(Rejection {
-                claim: None,
-                reason,
-            }) => self.reject(delivery, &reason).await,
+            Err(Rejection { claim: None, reason }) => self.reject(delivery, &reason).await,
         }
     }
 
@@ -133,8 +107,7 @@ impl Handler {
         let import_id = match serde_json::from_slice::<CancelRequest>(&delivery.data) {
             Ok(cancel) => cancel.import_id,
             Err(error) => {
-                let reason =
-                    format!("the cancel body is not {{\"import_id\": \"<uuid>\"}} ({error})");
+                let reason = format!("the cancel body is not {{\"import_id\": \"<uuid>\"}} ({error})");
                 return self.reject(delivery, &reason).await;
             }
         };
@@ -144,9 +117,7 @@ impl Handler {
                 tracing::info!(%import_id, state, "Cancel ignored: the import is already final.")
             }
             Cancelled::NotFound => {
-                return self
-                    .reject(delivery, &format!("no import has the id {import_id}"))
-                    .await;
+                return self.reject(delivery, &format!("no import has the id {import_id}")).await;
             }
         }
         Ok(())
@@ -154,9 +125,7 @@ impl Handler {
 
     async fn reject(&self, delivery: &Delivery, reason: &str) -> Result<(), HandleError> {
         tracing::warn!(reason, "Request rejected.");
-        self.publisher
-            .publish_rejected(&delivery.data, &delivery.properties, reason)
-            .await?;
+        self.publisher.publish_rejected(&delivery.data, &delivery.properties, reason).await?;
         Ok(())
     }
 }

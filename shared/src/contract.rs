@@ -26,8 +26,7 @@ pub const REJECT_REASON_HEADER: &str = "x-tether-reject-reason";
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 pub const MAX_PREFIXES: usize = 1000;
 pub const MAX_PREFIX_BYTES: usize = 1024;
-pub const DEFAULT_EXTENSIONS: [&str; 8] =
-    ["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp"];
+pub const DEFAULT_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp"];
 pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 100 * 1024 * 1024;
 
 /// A string that must never be printed: `Debug` and `Display` show `******`.
@@ -203,12 +202,8 @@ pub fn parse_request(
             ),
         ));
     }
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        reject(
-            None,
-            format!("the body is not valid JSON ({e}): send a JSON ImportRequest"),
-        )
-    })?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| reject(None, format!("the body is not valid JSON ({e}): send a JSON ImportRequest")))?;
     let digest = digest(&value);
     let claim = value
         .get("import_id")
@@ -220,16 +215,13 @@ pub fn parse_request(
         Some(ct) => {
             return Err(reject(
                 claim,
-                format!(
-                "content_type is {ct:?}: publish the request with content_type application/json"
-            ),
+                format!("content_type is {ct:?}: publish the request with content_type application/json"),
             ))
         }
         None => {
             return Err(reject(
                 claim,
-                "content_type is missing: publish the request with content_type application/json"
-                    .into(),
+                "content_type is missing: publish the request with content_type application/json".into(),
             ))
         }
     }
@@ -240,9 +232,7 @@ pub fn parse_request(
 }
 
 fn is_json_content_type(ct: &str) -> bool {
-    ct.split(';')
-        .next()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    ct.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// sha256 of the canonical form: keys sorted, no insignificant whitespace.
@@ -285,30 +275,16 @@ fn write_canonical(value: &Value, out: &mut String) {
 type Check<T> = Result<T, String>;
 
 fn validate(value: &Value, options: ValidationOptions) -> Check<ImportRequest> {
-    let top = value
-        .as_object()
-        .ok_or("the body is not a JSON object: send an ImportRequest object")?;
+    let top = value.as_object().ok_or("the body is not a JSON object: send an ImportRequest object")?;
     only_fields(
         top,
         "",
-        &[
-            "version",
-            "import_id",
-            "workspace_id",
-            "dataset_id",
-            "mode",
-            "source",
-            "filter",
-        ],
+        &["version", "import_id", "workspace_id", "dataset_id", "mode", "source", "filter"],
     )?;
 
     match top.get("version") {
         Some(v) if v.as_u64() == Some(1) => {}
-        Some(v) => {
-            return Err(format!(
-                "field `version` is {v}: only version 1 is supported"
-            ))
-        }
+        Some(v) => return Err(format!("field `version` is {v}: only version 1 is supported")),
         None => return Err("field `version` is missing: set it to 1".into()),
     }
     let import_id = required_str(top, "", "import_id")?;
@@ -319,24 +295,16 @@ fn validate(value: &Value, options: ValidationOptions) -> Check<ImportRequest> {
     let mode = match required_str(top, "", "mode")? {
         "link" => Mode::Link,
         "copy" => Mode::Copy,
-        other => {
-            return Err(format!(
-                "field `mode` is {other:?}: use \"link\" or \"copy\""
-            ))
-        }
+        other => return Err(format!("field `mode` is {other:?}: use \"link\" or \"copy\"")),
     };
-    let source_value = top
-        .get("source")
-        .ok_or("field `source` is missing: name the bucket to import from")?;
-    let source_map = source_value.as_object().ok_or(
-        "field `source` is not an object: give provider, bucket and the provider's fields",
-    )?;
+    let source_value =
+        top.get("source").ok_or("field `source` is missing: name the bucket to import from")?;
+    let source_map = source_value
+        .as_object()
+        .ok_or("field `source` is not an object: give provider, bucket and the provider's fields")?;
     let (source, prefixes) = validate_source(source_map, options)?;
     let filter = match top.get("filter") {
-        None => Filter {
-            extensions: default_extensions(),
-            max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
-        },
+        None => Filter { extensions: default_extensions(), max_object_bytes: DEFAULT_MAX_OBJECT_BYTES },
         Some(f) => validate_filter(f)?,
     };
     Ok(ImportRequest {
@@ -373,10 +341,7 @@ fn printable(s: &str) -> String {
 fn required_str<'a>(map: &'a Map<String, Value>, path: &str, name: &str) -> Check<&'a str> {
     match map.get(name) {
         Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(format!(
-            "field `{path}{name}` must be a string, not {}",
-            json_kind(other)
-        )),
+        Some(other) => Err(format!("field `{path}{name}` must be a string, not {}", json_kind(other))),
         None => Err(format!("field `{path}{name}` is missing")),
     }
 }
@@ -403,8 +368,7 @@ fn identifier<'a>(map: &'a Map<String, Value>, name: &str) -> Check<&'a str> {
     let s = required_str(map, "", name)?;
     let ok = (1..=128).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(s)
     } else {
@@ -422,24 +386,14 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-fn validate_source(
-    map: &Map<String, Value>,
-    options: ValidationOptions,
-) -> Check<(Source, Vec<String>)> {
+fn validate_source(map: &Map<String, Value>, options: ValidationOptions) -> Check<(Source, Vec<String>)> {
     let provider = required_str(map, "source.", "provider")?;
     let source = match provider {
         "s3" => {
             only_fields(
                 map,
                 "source.",
-                &[
-                    "provider",
-                    "bucket",
-                    "region",
-                    "prefixes",
-                    "role_arn",
-                    "external_id",
-                ],
+                &["provider", "bucket", "region", "prefixes", "role_arn", "external_id"],
             )?;
             let bucket = required_str(map, "source.", "bucket")?;
             check(
@@ -451,8 +405,7 @@ fn validate_source(
             let region = optional_str(map, "source.", "region")?;
             if let Some(r) = region {
                 let ok = (1..=32).contains(&r.len())
-                    && r.chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                    && r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
                 check(ok, "source.region", r, "an AWS region such as eu-central-1")?;
             }
             let role_arn = required_str(map, "source.", "role_arn")?;
@@ -464,9 +417,7 @@ fn validate_source(
             )?;
             let external_id = required_str(map, "source.", "external_id")?;
             let ok = (2..=1224).contains(&external_id.len())
-                && external_id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+=,.@:/-_".contains(c));
+                && external_id.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@:/-_".contains(c));
             check(
                 ok,
                 "source.external_id",
@@ -481,16 +432,7 @@ fn validate_source(
             })
         }
         "gcs" => {
-            only_fields(
-                map,
-                "source.",
-                &[
-                    "provider",
-                    "bucket",
-                    "prefixes",
-                    "impersonate_service_account",
-                ],
-            )?;
+            only_fields(map, "source.", &["provider", "bucket", "prefixes", "impersonate_service_account"])?;
             let bucket = required_str(map, "source.", "bucket")?;
             check(
                 gcs_bucket_ok(bucket),
@@ -517,16 +459,10 @@ fn validate_source(
             })
         }
         "azure" => {
-            only_fields(
-                map,
-                "source.",
-                &["provider", "account", "container", "prefixes", "sas_token"],
-            )?;
+            only_fields(map, "source.", &["provider", "account", "container", "prefixes", "sas_token"])?;
             let account = required_str(map, "source.", "account")?;
             let ok = (3..=24).contains(&account.len())
-                && account
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+                && account.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
             check(
                 ok,
                 "source.account",
@@ -567,17 +503,13 @@ fn check(ok: bool, field: &str, value: &str, expected: &str) -> Check<()> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "field `{field}` is {:?}: expected {expected}",
-            printable(truncate(value, 160))
-        ))
+        Err(format!("field `{field}` is {:?}: expected {expected}", printable(truncate(value, 160))))
     }
 }
 
 fn s3_bucket_ok(b: &str) -> bool {
     (3..=63).contains(&b.len())
-        && b.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && b.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
         && b.starts_with(|c: char| c.is_ascii_alphanumeric())
         && b.ends_with(|c: char| c.is_ascii_alphanumeric())
         && !b.contains("..")
@@ -587,8 +519,7 @@ fn s3_bucket_ok(b: &str) -> bool {
 fn gcs_bucket_ok(b: &str) -> bool {
     let max = if b.contains('.') { 222 } else { 63 };
     (3..=max).contains(&b.len())
-        && b.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        && b.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
         && b.starts_with(|c: char| c.is_ascii_alphanumeric())
         && b.ends_with(|c: char| c.is_ascii_alphanumeric())
         && b.split('.').all(|part| part.len() <= 63)
@@ -596,8 +527,7 @@ fn gcs_bucket_ok(b: &str) -> bool {
 
 fn azure_container_ok(c: &str) -> bool {
     (3..=63).contains(&c.len())
-        && c.chars()
-            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
+        && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
         && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
         && c.ends_with(|ch: char| ch.is_ascii_alphanumeric())
         && !c.contains("--")
@@ -605,14 +535,9 @@ fn azure_container_ok(c: &str) -> bool {
 
 fn role_arn_ok(arn: &str) -> bool {
     let mut parts = arn.splitn(6, ':');
-    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
+    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return false;
     };
     partition.starts_with("aws")
@@ -621,9 +546,7 @@ fn role_arn_ok(arn: &str) -> bool {
         && resource.strip_prefix("role/").is_some_and(|name| {
             !name.is_empty()
                 && name.len() <= 512
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c))
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c))
         })
 }
 
@@ -632,10 +555,7 @@ fn validate_prefixes(value: Option<&Value>) -> Check<Vec<String>> {
         return Ok(vec![String::new()]);
     };
     let items = value.as_array().ok_or_else(|| {
-        format!(
-            "field `source.prefixes` must be an array of strings, not {}",
-            json_kind(value)
-        )
+        format!("field `source.prefixes` must be an array of strings, not {}", json_kind(value))
     })?;
     if items.is_empty() {
         return Err("field `source.prefixes` is empty: leave it out to import the whole bucket, or list 1-1000 prefixes".into());
@@ -649,13 +569,13 @@ fn validate_prefixes(value: Option<&Value>) -> Check<Vec<String>> {
     let mut prefixes = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let p = item.as_str().ok_or_else(|| {
-            format!(
-                "field `source.prefixes[{i}]` must be a string, not {}",
-                json_kind(item)
-            )
+            format!("field `source.prefixes[{i}]` must be a string, not {}", json_kind(item))
         })?;
         if p.len() > MAX_PREFIX_BYTES {
-            return Err(format!("field `source.prefixes[{i}]` is {} bytes long: at most {MAX_PREFIX_BYTES} are allowed", p.len()));
+            return Err(format!(
+                "field `source.prefixes[{i}]` is {} bytes long: at most {MAX_PREFIX_BYTES} are allowed",
+                p.len()
+            ));
         }
         if p.chars().any(char::is_control) {
             return Err(format!(
@@ -676,10 +596,7 @@ pub fn merge_prefixes(mut prefixes: Vec<String>) -> Vec<String> {
     let mut merged: Vec<String> = Vec::with_capacity(prefixes.len());
     for p in prefixes {
         // Sorted order puts a covering prefix right before what it covers.
-        if merged
-            .last()
-            .is_some_and(|last| p.starts_with(last.as_str()))
-        {
+        if merged.last().is_some_and(|last| p.starts_with(last.as_str())) {
             continue;
         }
         merged.push(p);
@@ -702,8 +619,8 @@ fn validate_filter(value: &Value) -> Check<Filter> {
             let mut set = BTreeSet::new();
             for (i, item) in items.iter().enumerate() {
                 let e = item.as_str().unwrap_or_default();
-                let ok = (1..=16).contains(&e.len())
-                    && (e == "*" || e.chars().all(|c| c.is_ascii_alphanumeric()));
+                let ok =
+                    (1..=16).contains(&e.len()) && (e == "*" || e.chars().all(|c| c.is_ascii_alphanumeric()));
                 if !ok {
                     return Err(format!(
                         "field `filter.extensions[{i}]` is {item}: give an extension without the dot, such as \"jpg\", or \"*\" for every object"
@@ -724,10 +641,7 @@ fn validate_filter(value: &Value) -> Check<Filter> {
             format!("field `filter.max_object_bytes` is {v}: give a positive whole number of bytes")
         })?,
     };
-    Ok(Filter {
-        extensions,
-        max_object_bytes,
-    })
+    Ok(Filter { extensions, max_object_bytes })
 }
 
 impl ImportRequest {
@@ -764,10 +678,7 @@ impl ImportRequest {
     /// Reads back what [`ImportRequest::to_stored_json`] wrote (secrets
     /// excluded, so an Azure source comes back with an empty token).
     pub fn from_stored_json(value: &Value) -> Result<Self, String> {
-        let mut top = value
-            .as_object()
-            .cloned()
-            .ok_or("stored request is not an object")?;
+        let mut top = value.as_object().cloned().ok_or("stored request is not an object")?;
         let prefixes = top.remove("prefixes").unwrap_or(Value::Null);
         let mut source = top.remove("source").unwrap_or(Value::Null);
         if let Some(s) = source.as_object_mut() {
@@ -779,9 +690,7 @@ impl ImportRequest {
         }
         top.insert("source".into(), source);
         top.insert("version".into(), Value::from(1));
-        let options = ValidationOptions {
-            gcs_allow_own_identity: true,
-        };
+        let options = ValidationOptions { gcs_allow_own_identity: true };
         validate(&Value::Object(top), options)
     }
 }
@@ -825,10 +734,7 @@ mod tests {
             "2024/".into(),
         ]);
         assert_eq!(merged, vec!["2024/".to_owned(), "2025/a".to_owned()]);
-        assert_eq!(
-            merge_prefixes(vec!["x/".into(), String::new()]),
-            vec![String::new()]
-        );
+        assert_eq!(merge_prefixes(vec!["x/".into(), String::new()]), vec![String::new()]);
     }
 
     #[test]
@@ -842,25 +748,16 @@ mod tests {
 
     #[test]
     fn extension_filter_is_case_insensitive_and_looks_at_the_last_segment() {
-        let f = Filter {
-            extensions: default_extensions(),
-            max_object_bytes: 1,
-        };
+        let f = Filter { extensions: default_extensions(), max_object_bytes: 1 };
         assert!(f.matches("a/b/IMG.JPG"));
         assert!(!f.matches("a.jpg/readme"));
         assert!(!f.matches("a/b/noext"));
-        assert!(Filter {
-            extensions: Extensions::All,
-            max_object_bytes: 1
-        }
-        .matches("x"));
+        assert!(Filter { extensions: Extensions::All, max_object_bytes: 1 }.matches("x"));
     }
 
     #[test]
     fn role_arns() {
-        assert!(role_arn_ok(
-            "arn:aws:iam::111122223333:role/platform-import"
-        ));
+        assert!(role_arn_ok("arn:aws:iam::111122223333:role/platform-import"));
         assert!(role_arn_ok("arn:aws-cn:iam::111122223333:role/path/x"));
         assert!(!role_arn_ok("arn:aws:iam::1111:role/x"));
         assert!(!role_arn_ok("arn:aws:s3:::bucket"));

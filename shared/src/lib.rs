@@ -7,6 +7,7 @@
 //! - [`db`]: the Postgres pool, migrations and every named query.
 //! - [`queue`]: the AMQP topology and a publisher that waits for confirms.
 //! - [`storage`]: the one trait every bucket provider implements.
+//! - [`destination`]: where copy mode writes (the platform's storage).
 //! - [`credentials`]: customer credentials (STS AssumeRole) with their cache.
 //! - [`task`]: the internal task message the scheduler and workers exchange.
 //! - [`telemetry`]: logging set-up and the metrics every process exposes.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod contract;
 pub mod credentials;
 pub mod db;
+pub mod destination;
 pub mod queue;
 pub mod shutdown;
 pub mod storage;

@@ -7,19 +7,17 @@
 //! confirmed too), so a returned message counts as a failure.
 
 use lapin::options::{
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::contract::{
-    Secret, EXCHANGE, REJECTED_QUEUE, REJECT_REASON_HEADER, REQUEST_QUEUE, ROUTING_CANCEL,
-    ROUTING_FINISHED, ROUTING_REQUEST,
+    Secret, EXCHANGE, REJECTED_QUEUE, REJECT_REASON_HEADER, REQUEST_QUEUE, ROUTING_CANCEL, ROUTING_FINISHED,
+    ROUTING_REQUEST,
 };
-use crate::task::{TaskMessage, REQUEST_DEAD_LETTER_QUEUE, TASK_DEAD_LETTER_QUEUE, TASK_QUEUE};
+use crate::task::{TaskKind, TaskMessage, REQUEST_DEAD_LETTER_QUEUE, TASK_DEAD_LETTER_QUEUE};
 
 /// Heartbeat used when the URL sets none: a dead TCP connection is noticed
 /// within about a minute instead of the OS's ~11.
@@ -32,9 +30,7 @@ const PERSISTENT: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error(
-        "TETHER_AMQP_URL is not a valid AMQP URL ({0}): use amqp://user:password@host:5672/vhost"
-    )]
+    #[error("TETHER_AMQP_URL is not a valid AMQP URL ({0}): use amqp://user:password@host:5672/vhost")]
     BadUrl(String),
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
@@ -60,46 +56,21 @@ pub async fn connect(url: &Secret, name: &str) -> Result<Connection, QueueError>
 
 fn quorum_args(dead_letter_to: Option<&str>, delivery_limit: i64) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
     if let Some(target) = dead_letter_to {
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(delivery_limit),
-        );
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(target.into()),
-        );
+        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(delivery_limit));
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(target.into()));
         // At-least-once dead-lettering needs reject-publish overflow.
-        args.insert(
-            "x-dead-letter-strategy".into(),
-            AMQPValue::LongString("at-least-once".into()),
-        );
-        args.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
-        );
+        args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
+        args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
     }
     args
 }
 
 async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), QueueError> {
     channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
+        .queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
         .await?;
     Ok(())
 }
@@ -112,18 +83,11 @@ pub async fn declare_topology(connection: &Connection) -> Result<(), QueueError>
         .exchange_declare(
             EXCHANGE.into(),
             ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
+            ExchangeDeclareOptions { durable: true, ..Default::default() },
             FieldTable::default(),
         )
         .await?;
-    for dead in [
-        REQUEST_DEAD_LETTER_QUEUE,
-        TASK_DEAD_LETTER_QUEUE,
-        REJECTED_QUEUE,
-    ] {
+    for dead in [REQUEST_DEAD_LETTER_QUEUE, TASK_DEAD_LETTER_QUEUE, REJECTED_QUEUE] {
         declare_queue(channel, dead, quorum_args(None, 0)).await?;
     }
     declare_queue(
@@ -143,25 +107,18 @@ pub async fn declare_topology(connection: &Connection) -> Result<(), QueueError>
             )
             .await?;
     }
-    declare_queue(
-        channel,
-        TASK_QUEUE,
-        quorum_args(Some(TASK_DEAD_LETTER_QUEUE), TASK_DELIVERY_LIMIT),
-    )
-    .await?;
+    for kind in TaskKind::ALL {
+        let args = quorum_args(Some(TASK_DEAD_LETTER_QUEUE), TASK_DELIVERY_LIMIT);
+        declare_queue(channel, kind.queue(), args).await?;
+    }
     channel.close(200, "topology declared".into()).await?;
     Ok(())
 }
 
 /// A consuming channel with its prefetch set.
-pub async fn consumer_channel(
-    connection: &Connection,
-    prefetch: u16,
-) -> Result<Channel, QueueError> {
+pub async fn consumer_channel(connection: &Connection, prefetch: u16) -> Result<Channel, QueueError> {
     let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
     Ok(channel)
 }
 
@@ -175,9 +132,7 @@ pub struct Publisher {
 impl Publisher {
     pub async fn new(connection: &Connection) -> Result<Self, QueueError> {
         let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(Self { channel })
     }
 
@@ -193,10 +148,7 @@ impl Publisher {
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
+                BasicPublishOptions { mandatory: true, ..Default::default() },
                 body,
                 properties.with_delivery_mode(PERSISTENT),
             )
@@ -209,13 +161,11 @@ impl Publisher {
         }
     }
 
-    /// Publishes listing tasks to the task queue.
-    pub async fn publish_tasks(&self, tasks: &[TaskMessage]) -> Result<(), QueueError> {
+    /// Publishes tasks of one kind to their queue.
+    pub async fn publish_tasks(&self, kind: TaskKind, tasks: &[TaskMessage]) -> Result<(), QueueError> {
         // Send all, then wait for all: one round trip per batch, not per task.
         let bodies: Vec<Vec<u8>> = tasks.iter().map(task_body).collect();
-        let confirms = bodies
-            .iter()
-            .map(|body| self.publish("", TASK_QUEUE, body, json_properties()));
+        let confirms = bodies.iter().map(|body| self.publish("", kind.queue(), body, json_properties()));
         for result in futures_util::future::join_all(confirms).await {
             result?;
         }
@@ -231,10 +181,7 @@ impl Publisher {
         reason: &str,
     ) -> Result<(), QueueError> {
         let mut headers = original.headers().clone().unwrap_or_default();
-        headers.insert(
-            REJECT_REASON_HEADER.into(),
-            AMQPValue::LongString(reason.into()),
-        );
+        headers.insert(REJECT_REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
         let mut properties = BasicProperties::default().with_headers(headers);
         if let Some(ct) = original.content_type() {
             properties = properties.with_content_type(ct.clone());
@@ -244,14 +191,12 @@ impl Publisher {
 
     /// Publishes a FinishedEvent (already serialised by the outbox).
     pub async fn publish_finished(&self, body: &[u8]) -> Result<(), QueueError> {
-        self.publish(EXCHANGE, ROUTING_FINISHED, body, json_properties())
-            .await
+        self.publish(EXCHANGE, ROUTING_FINISHED, body, json_properties()).await
     }
 
     /// Publishes an ImportRequest or a cancel as the platform would.
     pub async fn publish_request(&self, routing_key: &str, body: &[u8]) -> Result<(), QueueError> {
-        self.publish(EXCHANGE, routing_key, body, json_properties())
-            .await
+        self.publish(EXCHANGE, routing_key, body, json_properties()).await
     }
 }
 

@@ -16,9 +16,7 @@ use lapin::{BasicProperties, Connection};
 use serde_json::{json, Value};
 use tether_scheduler::SchedulerConfig;
 use tether_shared::config::{CommonConfig, LogFormat};
-use tether_shared::contract::{
-    Secret, EXCHANGE, REJECTED_QUEUE, REJECT_REASON_HEADER, ROUTING_FINISHED,
-};
+use tether_shared::contract::{Secret, EXCHANGE, REJECTED_QUEUE, REJECT_REASON_HEADER, ROUTING_FINISHED};
 use tether_shared::db::Store;
 use tether_shared::queue;
 use tether_worker::WorkerConfig;
@@ -44,10 +42,7 @@ struct Capture(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(buf);
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
         std::io::stderr().write_all(buf)?;
         Ok(buf.len())
     }
@@ -76,11 +71,7 @@ fn init_log_capture() {
 
 /// Everything logged so far in this process.
 pub fn captured_logs() -> String {
-    let buffer = LOGS.get().map(|b| {
-        b.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    });
+    let buffer = LOGS.get().map(|b| b.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone());
     String::from_utf8_lossy(&buffer.unwrap_or_default()).into_owned()
 }
 
@@ -113,16 +104,10 @@ impl TestEnv {
         let amqp = queue::connect(&Secret::new(amqp_url.clone()), "tether-test")
             .await
             .unwrap_or_else(|e| panic!("RabbitMQ is not reachable at {amqp_url}: {e}"));
-        queue::declare_topology(&amqp)
-            .await
-            .expect("declare the topology");
+        queue::declare_topology(&amqp).await.expect("declare the topology");
         let channel = amqp.create_channel().await.expect("open a channel");
         channel
-            .queue_declare(
-                EVENTS_QUEUE.into(),
-                QueueDeclareOptions::default(),
-                FieldTable::default(),
-            )
+            .queue_declare(EVENTS_QUEUE.into(), QueueDeclareOptions::default(), FieldTable::default())
             .await
             .expect("declare the events queue");
         channel
@@ -135,36 +120,19 @@ impl TestEnv {
             )
             .await
             .expect("bind the events queue");
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .load()
-            .await;
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
         let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&sdk)
-                .force_path_style(true)
-                .build(),
+            aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build(),
         );
         let bucket = format!("tether-t-{id}");
-        s3.create_bucket()
-            .bucket(&bucket)
-            .send()
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "the S3 emulator refused to create a bucket (is moto running?): {}",
-                    aws_sdk_s3::error::DisplayErrorContext(e)
-                )
-            });
+        s3.create_bucket().bucket(&bucket).send().await.unwrap_or_else(|e| {
+            panic!(
+                "the S3 emulator refused to create a bucket (is moto running?): {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        });
         let store = Store::connect(&Secret::new(database_url.clone()), 4).expect("database URL");
-        Self {
-            id,
-            database_url,
-            amqp_url,
-            store,
-            s3,
-            sdk,
-            bucket,
-            amqp,
-        }
+        Self { id, database_url, amqp_url, store, s3, sdk, bucket, amqp }
     }
 
     fn common(&self) -> CommonConfig {
@@ -196,47 +164,68 @@ impl TestEnv {
             s3_force_path_style: true,
             max_attempts: 3,
             drain_secs: 5,
+            kinds: vec!["list".into(), "copy".into()],
+            destination: None,
+            copy_concurrency: 8,
+            copy_part_bytes: 5 * 1024 * 1024,
+            copy_batch_objects: 10,
+            copy_batch_bytes: 1 << 30,
+            copy_max_attempts: 3,
         }
+    }
+
+    /// A fresh bucket for copies (`s3://` destination); returns its name.
+    pub async fn destination_bucket(&self) -> String {
+        let bucket = format!("tether-d-{}", self.id);
+        self.s3.create_bucket().bucket(&bucket).send().await.expect("create the destination bucket");
+        bucket
+    }
+
+    /// A fresh directory for copies (`file://` destination).
+    pub fn destination_dir(&self) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("tether-copies-{}", self.id));
+        std::fs::create_dir_all(&dir).expect("create the destination directory");
+        dir
+    }
+
+    /// The bytes of an object of `bucket`.
+    pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let object = self.s3.get_object().bucket(bucket).key(key).send().await.unwrap_or_else(|e| {
+            panic!("get s3://{bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(e))
+        });
+        object.body.collect().await.expect("read the body").into_bytes().to_vec()
+    }
+
+    /// Deletes an object of the test's bucket.
+    pub async fn delete(&self, key: &str) {
+        self.s3.delete_object().bucket(&self.bucket).key(key).send().await.expect("delete");
     }
 
     /// Starts schedulers and workers in this process, and waits until the
     /// schedulers have applied the migrations.
-    pub async fn start(
-        &self,
-        schedulers: Vec<SchedulerConfig>,
-        workers: Vec<WorkerConfig>,
-    ) -> Fleet {
+    pub async fn start(&self, schedulers: Vec<SchedulerConfig>, workers: Vec<WorkerConfig>) -> Fleet {
         let token = CancellationToken::new();
         let mut handles: Vec<JoinHandle<Result<(), String>>> = Vec::new();
         for config in schedulers {
             let token = token.clone();
             handles.push(tokio::spawn(async move {
-                tether_scheduler::run(config, token)
-                    .await
-                    .map_err(|e| format!("scheduler: {e}"))
+                tether_scheduler::run(config, token).await.map_err(|e| format!("scheduler: {e}"))
             }));
         }
         for config in workers {
             let token = token.clone();
             handles.push(tokio::spawn(async move {
-                tether_worker::run(config, token)
-                    .await
-                    .map_err(|e| format!("worker: {e}"))
+                tether_worker::run(config, token).await.map_err(|e| format!("worker: {e}"))
             }));
         }
         let fleet = Fleet { token, handles };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while self
-            .query("SELECT to_regclass('tether.import_status')::text", &[])
-            .await[0]
+        while self.query("SELECT to_regclass('tether.import_status')::text", &[]).await[0]
             .get::<_, Option<String>>(0)
             .is_none()
         {
             fleet.assert_running();
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no schema 30 s after the schedulers started"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "no schema 30 s after the schedulers started");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         fleet
@@ -244,11 +233,7 @@ impl TestEnv {
 
     /// One scheduler and `workers` workers with the test defaults.
     pub async fn start_default(&self, workers: usize) -> Fleet {
-        self.start(
-            vec![self.scheduler_config()],
-            (0..workers).map(|_| self.worker_config()).collect(),
-        )
-        .await
+        self.start(vec![self.scheduler_config()], (0..workers).map(|_| self.worker_config()).collect()).await
     }
 
     pub async fn put(&self, key: &str, body: &[u8]) {
@@ -265,10 +250,7 @@ impl TestEnv {
     /// Puts many small objects, 16 at a time; each body names its key.
     pub async fn put_many(&self, keys: impl IntoIterator<Item = String>) {
         futures_util::stream::iter(keys)
-            .for_each_concurrent(
-                16,
-                |key| async move { self.put(&key, key.as_bytes()).await },
-            )
+            .for_each_concurrent(16, |key| async move { self.put(&key, key.as_bytes()).await })
             .await;
     }
 
@@ -292,37 +274,20 @@ impl TestEnv {
 
     /// Publishes an ImportRequest as the platform does.
     pub async fn submit(&self, request: &Value) -> Uuid {
-        self.publish_raw(
-            "import.request",
-            request.to_string().as_bytes(),
-            Some("application/json"),
-        )
-        .await;
-        request["import_id"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_default()
+        self.publish_raw("import.request", request.to_string().as_bytes(), Some("application/json")).await;
+        request["import_id"].as_str().and_then(|s| s.parse().ok()).unwrap_or_default()
     }
 
     /// Publishes any bytes with any content type on the `tether` exchange.
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8], content_type: Option<&str>) {
         let channel = self.amqp.create_channel().await.expect("channel");
-        channel
-            .confirm_select(Default::default())
-            .await
-            .expect("confirms");
+        channel.confirm_select(Default::default()).await.expect("confirms");
         let mut properties = BasicProperties::default().with_delivery_mode(2);
         if let Some(ct) = content_type {
             properties = properties.with_content_type(ct.into());
         }
         channel
-            .basic_publish(
-                EXCHANGE.into(),
-                routing_key.into(),
-                Default::default(),
-                body,
-                properties,
-            )
+            .basic_publish(EXCHANGE.into(), routing_key.into(), Default::default(), body, properties)
             .await
             .expect("publish")
             .await
@@ -332,10 +297,7 @@ impl TestEnv {
 
     /// The import's status row, once it exists.
     pub async fn status(&self, import_id: Uuid) -> Option<Value> {
-        self.store
-            .import_status(import_id)
-            .await
-            .expect("read status")
+        self.store.import_status(import_id).await.expect("read status")
     }
 
     /// Waits (up to `timeout`) for the import to reach a final state.
@@ -356,25 +318,16 @@ impl TestEnv {
     }
 
     pub async fn wait_final(&self, import_id: Uuid) -> Value {
-        self.wait_final_within(import_id, Duration::from_secs(60))
-            .await
+        self.wait_final_within(import_id, Duration::from_secs(60)).await
     }
 
     /// Takes up to `n` messages from `queue`, waiting up to `wait` for them.
-    async fn take(
-        &self,
-        queue: &str,
-        n: usize,
-        wait: Duration,
-    ) -> Vec<lapin::message::BasicGetMessage> {
+    async fn take(&self, queue: &str, n: usize, wait: Duration) -> Vec<lapin::message::BasicGetMessage> {
         let channel = self.amqp.create_channel().await.expect("channel");
         let mut messages = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
         while messages.len() < n && tokio::time::Instant::now() < deadline {
-            match channel
-                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-                .await
-                .expect("basic.get")
+            match channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.expect("basic.get")
             {
                 Some(message) => messages.push(message),
                 None => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -388,10 +341,7 @@ impl TestEnv {
     /// and whatever else is there half a second later.
     pub async fn rejected(&self, n: usize) -> Vec<Rejected> {
         let mut messages = self.take(REJECTED_QUEUE, n, Duration::from_secs(10)).await;
-        messages.extend(
-            self.take(REJECTED_QUEUE, usize::MAX, Duration::from_millis(500))
-                .await,
-        );
+        messages.extend(self.take(REJECTED_QUEUE, usize::MAX, Duration::from_millis(500)).await);
         messages
             .into_iter()
             .map(|m| {
@@ -402,16 +352,11 @@ impl TestEnv {
                     .as_ref()
                     .and_then(|h| h.inner().get(REJECT_REASON_HEADER).cloned())
                     .map(|v| match v {
-                        AMQPValue::LongString(s) => {
-                            String::from_utf8_lossy(s.as_bytes()).into_owned()
-                        }
+                        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
                         other => format!("{other:?}"),
                     })
                     .unwrap_or_default();
-                Rejected {
-                    body: m.delivery.data,
-                    reason,
-                }
+                Rejected { body: m.delivery.data, reason }
             })
             .collect()
     }
@@ -420,10 +365,7 @@ impl TestEnv {
     /// then takes whatever else comes within half a second.
     pub async fn finished_events(&self, n: usize) -> Vec<Value> {
         let mut messages = self.take(EVENTS_QUEUE, n, Duration::from_secs(10)).await;
-        messages.extend(
-            self.take(EVENTS_QUEUE, usize::MAX, Duration::from_millis(500))
-                .await,
-        );
+        messages.extend(self.take(EVENTS_QUEUE, usize::MAX, Duration::from_millis(500)).await);
         messages
             .into_iter()
             .map(|m| serde_json::from_slice(&m.delivery.data).expect("event is JSON"))
@@ -435,24 +377,32 @@ impl TestEnv {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Vec<tokio_postgres::Row> {
-        let (client, connection) =
-            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
-                .await
-                .expect("connect to the test database");
+        let (client, connection) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test database");
         tokio::spawn(connection);
         client.query(sql, params).await.expect("query")
     }
 
-    /// source_url → etag of every image of a dataset.
-    pub async fn images(&self, dataset: &str) -> BTreeMap<String, Option<String>> {
+    /// source_url → (storage, stored_url) of every image of a dataset.
+    pub async fn stored(&self, dataset: &str) -> BTreeMap<String, (String, Option<String>)> {
         self.query(
-            "SELECT source_url, etag FROM tether.images WHERE dataset_id = $1",
+            "SELECT source_url, storage, stored_url FROM tether.images WHERE dataset_id = $1",
             &[&dataset],
         )
         .await
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
         .collect()
+    }
+
+    /// source_url → etag of every image of a dataset.
+    pub async fn images(&self, dataset: &str) -> BTreeMap<String, Option<String>> {
+        self.query("SELECT source_url, etag FROM tether.images WHERE dataset_id = $1", &[&dataset])
+            .await
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
     }
 
     /// (source_url, code) of every failure of an import.
@@ -483,10 +433,7 @@ pub struct Fleet {
 impl Fleet {
     /// Panics if any process of the fleet has stopped.
     pub fn assert_running(&self) {
-        assert!(
-            self.handles.iter().all(|h| !h.is_finished()),
-            "a scheduler or worker stopped"
-        );
+        assert!(self.handles.iter().all(|h| !h.is_finished()), "a scheduler or worker stopped");
     }
 
     /// SIGTERM for the whole fleet; every process must stop cleanly.
@@ -520,9 +467,7 @@ async fn create_database(id: &str) -> String {
     let admin_url = service_var("TETHER_TEST_DATABASE_URL");
     let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
         .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL is not reachable with TETHER_TEST_DATABASE_URL: {e}")
-        });
+        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable with TETHER_TEST_DATABASE_URL: {e}"));
     tokio::spawn(connection);
     let name = format!("tether_t_{id}");
     client
@@ -552,18 +497,11 @@ async fn create_vhost(id: &str) -> String {
             json!({"configure": ".*", "write": ".*", "read": ".*"}),
         ),
     ] {
-        let response = http
-            .put(&url)
-            .basic_auth(&user, Some(&password))
-            .json(&body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("the RabbitMQ management API is not reachable (is rabbitmq_management enabled?): {e}"));
-        assert!(
-            response.status().is_success(),
-            "RabbitMQ refused {url}: {}",
-            response.status()
-        );
+        let response =
+            http.put(&url).basic_auth(&user, Some(&password)).json(&body).send().await.unwrap_or_else(|e| {
+                panic!("the RabbitMQ management API is not reachable (is rabbitmq_management enabled?): {e}")
+            });
+        assert!(response.status().is_success(), "RabbitMQ refused {url}: {}", response.status());
     }
     with_path(&service_var("TETHER_TEST_AMQP_URL"), &vhost)
 }

@@ -18,11 +18,7 @@ async fn multi_page_listing_over_overlapping_prefixes() {
     for i in 0..25 {
         keys.push(format!("scans/s_{i:03}.tiff"));
     }
-    keys.extend([
-        "photos/readme.txt".into(),
-        "photos/notes".into(),
-        "scans/data.json".into(),
-    ]);
+    keys.extend(["photos/readme.txt".into(), "photos/notes".into(), "scans/data.json".into()]);
     keys.push("unrelated/img.jpg".into());
     env.put_many(keys).await;
     for marker in ["photos/", "photos/2024/", "scans/"] {
@@ -31,9 +27,7 @@ async fn multi_page_listing_over_overlapping_prefixes() {
 
     let mut worker = env.worker_config();
     worker.page_size = 7;
-    let fleet = env
-        .start(vec![env.scheduler_config()], vec![worker.clone(), worker])
-        .await;
+    let fleet = env.start(vec![env.scheduler_config()], vec![worker.clone(), worker]).await;
     let request = env.request("overlap", &["photos/2024/", "scans/", "photos/"]);
     let id = env.submit(&request).await;
     let status = env.wait_final(id).await;
@@ -48,13 +42,9 @@ async fn multi_page_listing_over_overlapping_prefixes() {
     assert_eq!(status["overdue"], false);
     let images = env.images("overlap").await;
     assert_eq!(images.len(), 105);
-    assert!(images
-        .keys()
-        .all(|url| url.starts_with(&format!("s3://{}/", env.bucket))));
+    assert!(images.keys().all(|url| url.starts_with(&format!("s3://{}/", env.bucket))));
     assert!(images.contains_key(&format!("s3://{}/photos/other/pic_007.PNG", env.bucket)));
-    assert!(!images
-        .keys()
-        .any(|u| u.ends_with('/') || u.contains("unrelated") || u.ends_with(".txt")));
+    assert!(!images.keys().any(|u| u.ends_with('/') || u.contains("unrelated") || u.ends_with(".txt")));
 
     let events = env.finished_events(1).await;
     assert_eq!(events.len(), 1, "exactly one FinishedEvent: {events:?}");
@@ -65,9 +55,7 @@ async fn multi_page_listing_over_overlapping_prefixes() {
     assert_eq!(event["objects_imported"], 105);
     assert_eq!(event["objects_skipped"], 3);
     assert_eq!(event["dataset_id"], "overlap");
-    assert!(event["finished_at"]
-        .as_str()
-        .is_some_and(|t| t.ends_with('Z')));
+    assert!(event["finished_at"].as_str().is_some_and(|t| t.ends_with('Z')));
     fleet.assert_running();
     fleet.stop().await;
 }
@@ -93,18 +81,10 @@ async fn filter_and_size_limit() {
         ),
         (Some(3), Some(2), Some(1))
     );
-    assert!(
-        status["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("too_large")),
-        "{status}"
-    );
+    assert!(status["error"].as_str().is_some_and(|e| e.contains("too_large")), "{status}");
     assert_eq!(
         env.failures(id).await,
-        vec![(
-            format!("s3://{}/f/big.jpg", env.bucket),
-            "too_large".to_owned()
-        )]
+        vec![(format!("s3://{}/f/big.jpg", env.bucket), "too_large".to_owned())]
     );
 
     // Every matching object too large: the import fails.
@@ -121,10 +101,7 @@ async fn filter_and_size_limit() {
     assert_eq!(status["state"], "failed", "{status}");
     assert_eq!(status["objects_skipped"], 3);
     let error = status["error"].as_str().unwrap_or_default();
-    assert!(
-        error.contains("matched the filter") && error.contains("filter.extensions"),
-        "{error}"
-    );
+    assert!(error.contains("matched the filter") && error.contains("filter.extensions"), "{error}");
     fleet.stop().await;
 }
 
@@ -135,16 +112,8 @@ async fn reimport_skips_unchanged_and_takes_changed_and_new() {
     let mut worker = env.worker_config();
     worker.page_size = 8;
     let fleet = env.start(vec![env.scheduler_config()], vec![worker]).await;
-    let first = env
-        .wait_final(env.submit(&env.request("re", &["r/"])).await)
-        .await;
-    assert_eq!(
-        (
-            first["objects_imported"].as_i64(),
-            first["objects_skipped"].as_i64()
-        ),
-        (Some(30), Some(0))
-    );
+    let first = env.wait_final(env.submit(&env.request("re", &["r/"])).await).await;
+    assert_eq!((first["objects_imported"].as_i64(), first["objects_skipped"].as_i64()), (Some(30), Some(0)));
     let before = env.images("re").await;
 
     env.put("r/05.jpg", b"changed bytes").await; // other ETag
@@ -161,17 +130,9 @@ async fn reimport_skips_unchanged_and_takes_changed_and_new() {
     assert_ne!(before[&changed], after[&changed]);
 
     // Nothing new at all: still a success, everything skipped.
-    let third = env
-        .wait_final(env.submit(&env.request("re", &["r/"])).await)
-        .await;
+    let third = env.wait_final(env.submit(&env.request("re", &["r/"])).await).await;
     assert_eq!(third["state"], "succeeded", "{third}");
-    assert_eq!(
-        (
-            third["objects_imported"].as_i64(),
-            third["objects_skipped"].as_i64()
-        ),
-        (Some(0), Some(31))
-    );
+    assert_eq!((third["objects_imported"].as_i64(), third["objects_skipped"].as_i64()), (Some(0), Some(31)));
     fleet.stop().await;
 }
 
@@ -186,23 +147,15 @@ async fn missing_bucket_and_empty_prefix_fail_with_a_sentence() {
     let status = env.wait_final(env.submit(&request).await).await;
     assert_eq!(status["state"], "failed");
     let error = status["error"].as_str().unwrap_or_default();
-    assert!(
-        error.contains("s3://no-such-bucket-tether") && error.contains("does not exist"),
-        "{error}"
-    );
+    assert!(error.contains("s3://no-such-bucket-tether") && error.contains("does not exist"), "{error}");
 
-    let status = env
-        .wait_final(
-            env.submit(&env.request("empty", &["nothing/here/", "nor/here/"]))
-                .await,
-        )
-        .await;
+    let status =
+        env.wait_final(env.submit(&env.request("empty", &["nothing/here/", "nor/here/"])).await).await;
     assert_eq!(status["state"], "failed");
     assert_eq!(status["objects_listed"], 0);
     let error = status["error"].as_str().unwrap_or_default();
     assert!(
-        error.contains(&format!("s3://{}/nothing/here/", env.bucket))
-            && error.contains("Nothing was found"),
+        error.contains(&format!("s3://{}/nothing/here/", env.bucket)) && error.contains("Nothing was found"),
         "{error}"
     );
     fleet.stop().await;
@@ -222,19 +175,9 @@ async fn duplicate_request_is_one_import_and_a_conflicting_one_is_rejected() {
         reordered.push_str(&format!(",\n  \"{key}\": {}", request[key]));
     }
     reordered.push('}');
-    env.publish_raw(
-        "import.request",
-        reordered.as_bytes(),
-        Some("application/json"),
-    )
-    .await;
+    env.publish_raw("import.request", reordered.as_bytes(), Some("application/json")).await;
     let status = env.wait_final(id).await;
-    env.publish_raw(
-        "import.request",
-        request.to_string().as_bytes(),
-        Some("application/json"),
-    )
-    .await;
+    env.publish_raw("import.request", request.to_string().as_bytes(), Some("application/json")).await;
 
     // Same id, another body: rejected; the first import stays as it was.
     let mut other = request.clone();
@@ -243,8 +186,7 @@ async fn duplicate_request_is_one_import_and_a_conflicting_one_is_rejected() {
     let rejected = env.rejected(1).await;
     assert_eq!(rejected.len(), 1);
     assert!(
-        rejected[0].reason.contains(&id.to_string())
-            && rejected[0].reason.contains("different request"),
+        rejected[0].reason.contains(&id.to_string()) && rejected[0].reason.contains("different request"),
         "{}",
         rejected[0].reason
     );
@@ -257,10 +199,7 @@ async fn duplicate_request_is_one_import_and_a_conflicting_one_is_rejected() {
     assert!(env.images("elsewhere").await.is_empty());
     let events = env.finished_events(1).await;
     assert_eq!(events.len(), 1, "{events:?}");
-    assert!(
-        env.rejected(0).await.is_empty(),
-        "duplicates are not rejections"
-    );
+    assert!(env.rejected(0).await.is_empty(), "duplicates are not rejections");
     fleet.stop().await;
 }
 
@@ -268,15 +207,9 @@ async fn duplicate_request_is_one_import_and_a_conflicting_one_is_rejected() {
 async fn two_schedulers_start_on_one_fresh_database() {
     let env = TestEnv::new().await;
     env.put_many((0..5).map(|i| format!("t/{i}.jpg"))).await;
-    let fleet = env
-        .start(
-            vec![env.scheduler_config(), env.scheduler_config()],
-            vec![env.worker_config()],
-        )
-        .await;
-    let status = env
-        .wait_final(env.submit(&env.request("two", &["t/"])).await)
-        .await;
+    let fleet =
+        env.start(vec![env.scheduler_config(), env.scheduler_config()], vec![env.worker_config()]).await;
+    let status = env.wait_final(env.submit(&env.request("two", &["t/"])).await).await;
     assert_eq!(status["state"], "succeeded");
     assert_eq!(status["objects_imported"], 5);
     fleet.assert_running();

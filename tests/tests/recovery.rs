@@ -7,20 +7,14 @@ use tether_tests::TestEnv;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn duplicated_task_messages_never_double_count() {
     let env = TestEnv::new().await;
-    env.put_many((0..60).map(|i| format!("dup/{i:02}.jpg")))
-        .await;
+    env.put_many((0..60).map(|i| format!("dup/{i:02}.jpg"))).await;
     let mut scheduler = env.scheduler_config();
     // Re-publish every pending task on every tick: each page's message
     // arrives many times, at several workers at once.
     scheduler.republish_after_secs = 0.0;
     let mut worker = env.worker_config();
     worker.page_size = 4;
-    let fleet = env
-        .start(
-            vec![scheduler],
-            vec![worker.clone(), worker.clone(), worker],
-        )
-        .await;
+    let fleet = env.start(vec![scheduler], vec![worker.clone(), worker.clone(), worker]).await;
     let id = env.submit(&env.request("dups", &["dup/"])).await;
     let status = env.wait_final(id).await;
     assert_eq!(status["state"], "succeeded", "{status}");
@@ -43,17 +37,9 @@ async fn tasks_whose_message_was_lost_are_republished() {
     // Recorded but never published: what a crash between the commit and the
     // publish leaves behind.
     let body = env.request("lost", &["lost/"]).to_string();
-    let valid = parse_request(
-        body.as_bytes(),
-        Some("application/json"),
-        ValidationOptions::default(),
-    )
-    .expect("valid");
-    let recorded = env
-        .store
-        .record_import(&valid.request, &valid.digest)
-        .await
-        .expect("record");
+    let valid = parse_request(body.as_bytes(), Some("application/json"), ValidationOptions::default())
+        .expect("valid");
+    let recorded = env.store.record_import(&valid.request, &valid.digest).await.expect("record");
     assert!(matches!(recorded, Recorded::Created(ref tasks) if tasks.len() == 1));
     let status = env.wait_final(valid.request.import_id).await;
     assert_eq!(status["state"], "succeeded", "{status}");

@@ -69,54 +69,19 @@ fn cases(env: &TestEnv) -> Vec<Case> {
         },
         case("wrong version", with(&["version"], json!(2)), "`version`"),
         case("bad mode", with(&["mode"], json!("mirror")), "`mode`"),
-        case(
-            "bad import_id",
-            with(&["import_id"], json!("not-a-uuid")),
-            "`import_id`",
-        ),
-        case(
-            "bad workspace_id",
-            with(&["workspace_id"], json!("-starts-with-dash")),
-            "`workspace_id`",
-        ),
-        case(
-            "dataset_id too long",
-            with(&["dataset_id"], json!("d".repeat(129))),
-            "`dataset_id`",
-        ),
-        case(
-            "missing role_arn",
-            without(&["source", "role_arn"]),
-            "`source.role_arn`",
-        ),
-        case(
-            "missing external_id",
-            without(&["source", "external_id"]),
-            "`source.external_id`",
-        ),
-        case(
-            "misspelt prefixes",
-            with(&["source", "prefix"], json!(["a/"])),
-            "`source.prefix`",
-        ),
+        case("bad import_id", with(&["import_id"], json!("not-a-uuid")), "`import_id`"),
+        case("bad workspace_id", with(&["workspace_id"], json!("-starts-with-dash")), "`workspace_id`"),
+        case("dataset_id too long", with(&["dataset_id"], json!("d".repeat(129))), "`dataset_id`"),
+        case("missing role_arn", without(&["source", "role_arn"]), "`source.role_arn`"),
+        case("missing external_id", without(&["source", "external_id"]), "`source.external_id`"),
+        case("misspelt prefixes", with(&["source", "prefix"], json!(["a/"])), "`source.prefix`"),
         case(
             "a GCS field on S3",
-            with(
-                &["source", "impersonate_service_account"],
-                json!("x@y.iam.gserviceaccount.com"),
-            ),
+            with(&["source", "impersonate_service_account"], json!("x@y.iam.gserviceaccount.com")),
             "`source.impersonate_service_account`",
         ),
-        case(
-            "empty prefixes",
-            with(&["source", "prefixes"], json!([])),
-            "`source.prefixes`",
-        ),
-        case(
-            "unknown provider",
-            with(&["source", "provider"], json!("ftp")),
-            "`source.provider`",
-        ),
+        case("empty prefixes", with(&["source", "prefixes"], json!([])), "`source.prefixes`"),
+        case("unknown provider", with(&["source", "provider"], json!("ftp")), "`source.provider`"),
         case(
             "control character in a prefix",
             with(&["source", "prefixes"], json!(["a/\u{7}b"])),
@@ -134,11 +99,7 @@ fn cases(env: &TestEnv) -> Vec<Case> {
                    "source": {"provider": "azure", "account": "acmestorage", "container": "images"}}),
             "`source.sas_token`",
         ),
-        case(
-            "unknown top-level field",
-            with(&["priority"], json!("high")),
-            "`priority`",
-        ),
+        case("unknown top-level field", with(&["priority"], json!("high")), "`priority`"),
         case(
             "bad filter extension",
             with(&["filter"], json!({"extensions": [".jpg"]})),
@@ -157,29 +118,20 @@ async fn invalid_requests_are_rejected_with_a_reason_and_the_fleet_keeps_running
         .ok()
         .and_then(|v| v["import_id"].as_str().and_then(|s| s.parse().ok()));
     for c in &cases {
-        env.publish_raw("import.request", &c.body, c.content_type)
-            .await;
+        env.publish_raw("import.request", &c.body, c.content_type).await;
     }
     // A valid import right after the bad ones still runs.
     let good = env.submit(&env.request("rejections", &["a/"])).await;
 
     let rejected = env.rejected(cases.len()).await;
     assert_eq!(rejected.len(), cases.len(), "one rejection per bad request");
-    let reasons: BTreeMap<&[u8], &str> = rejected
-        .iter()
-        .map(|r| (r.body.as_slice(), r.reason.as_str()))
-        .collect();
+    let reasons: BTreeMap<&[u8], &str> =
+        rejected.iter().map(|r| (r.body.as_slice(), r.reason.as_str())).collect();
     let mut readable = 0;
     for c in &cases {
-        let reason = reasons
-            .get(c.body.as_slice())
-            .unwrap_or_else(|| panic!("{}: not in tether.rejected", c.name));
-        assert!(
-            reason.contains(c.mentions),
-            "{}: reason {reason:?} does not mention {}",
-            c.name,
-            c.mentions
-        );
+        let reason =
+            reasons.get(c.body.as_slice()).unwrap_or_else(|| panic!("{}: not in tether.rejected", c.name));
+        assert!(reason.contains(c.mentions), "{}: reason {reason:?} does not mention {}", c.name, c.mentions);
         match c.import_id {
             Some(id) => {
                 readable += 1;

@@ -18,9 +18,7 @@ async fn aws_secrets_appear_in_no_log_line() {
     worker.page_size = 4;
     worker.sts_refresh_margin_secs = 21_600; // renew on every page: more chances to leak
     let fleet = env.start(vec![env.scheduler_config()], vec![worker]).await;
-    let ok = env
-        .wait_final(env.submit(&env.request("secrets", &["s/"])).await)
-        .await;
+    let ok = env.wait_final(env.submit(&env.request("secrets", &["s/"])).await).await;
     assert_eq!(ok["state"], "succeeded", "{ok}");
     // A failing import logs errors too.
     let mut missing = env.request("secrets", &["s/"]);
@@ -30,10 +28,7 @@ async fn aws_secrets_appear_in_no_log_line() {
     fleet.stop().await;
 
     let logs = captured_logs();
-    assert!(
-        logs.contains("Assumed the customer's role."),
-        "the logs were not captured"
-    );
+    assert!(logs.contains("Assumed the customer's role."), "the logs were not captured");
     let own_secret = service_var("AWS_SECRET_ACCESS_KEY");
     for (name, secret) in [
         ("Tether's own secret access key", own_secret.as_str()),
@@ -44,9 +39,6 @@ async fn aws_secrets_appear_in_no_log_line() {
     }
     for line in logs.lines() {
         let lower = line.to_ascii_lowercase();
-        assert!(
-            !lower.contains("x-amz-security-token"),
-            "a security token header was logged: {line}"
-        );
+        assert!(!lower.contains("x-amz-security-token"), "a security token header was logged: {line}");
     }
 }

@@ -1,34 +1,45 @@
-//! The Tether worker: consumes listing tasks, lists one page of the
-//! customer's bucket per task, writes the page's references, counters and
-//! continuation token in one transaction, then enqueues the next page.
+//! The Tether worker: consumes tasks and advances each by one bounded step.
+//!
+//! - A *list* task ([`listing`]) lists one page of the customer's bucket and
+//!   commits, in one transaction, the page's references (link mode) or copy
+//!   tasks (copy mode), its counts and the continuation token; then it
+//!   enqueues the next page, so copying of a page runs while the next page
+//!   is listed.
+//! - A *copy* task ([`copying`]) streams a bounded batch of objects into the
+//!   platform's storage, verified, then commits their references and counts.
 //!
 //! A task's outcome is explicit ([`Outcome`]): done (ack), retry later
 //! (requeue after a jittered delay), or give up (dead-letter). Nothing is
 //! acknowledged before the Postgres commit that makes its effect durable.
 
+mod copying;
+mod listing;
 mod page;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
 use lapin::types::FieldTable;
+use lapin::Channel;
 use tether_shared::config::CommonConfig;
-use tether_shared::contract::Mode;
 use tether_shared::credentials::sts::StsCredentials;
-use tether_shared::credentials::CredentialError;
-use tether_shared::db::tasks::{FailureRow, PageCommit, TaskContext};
+use tether_shared::db::tasks::{Batching, Work};
 use tether_shared::db::{DbError, Store};
+use tether_shared::destination::{self, DestinationError};
 use tether_shared::queue::{self, Publisher, QueueError};
 use tether_shared::storage::s3::S3Sources;
-use tether_shared::storage::{Sources, StorageError};
-use tether_shared::task::{TaskMessage, TASK_QUEUE};
+use tether_shared::storage::Sources;
+use tether_shared::task::{TaskKind, TaskMessage};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// Copy tasks a worker holds at once; each copies several objects in parallel.
+const COPY_PREFETCH: u16 = 2;
 
 /// The worker's configuration (environment variables, or flags).
 #[derive(Debug, Clone, clap::Parser)]
@@ -36,10 +47,13 @@ use tracing::Instrument;
 pub struct WorkerConfig {
     #[command(flatten)]
     pub common: CommonConfig,
+    /// Which task kinds this worker takes: `list`, `copy` or both.
+    #[arg(long, env = "TETHER_WORKER_KINDS", value_delimiter = ',', default_value = "list,copy", value_parser = ["list", "copy"])]
+    pub kinds: Vec<String>,
     /// Objects per listing page (ListObjectsV2 MaxKeys).
     #[arg(long, env = "TETHER_LIST_PAGE_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub page_size: u32,
-    /// Tasks one worker handles at once (also its AMQP prefetch).
+    /// Listing tasks one worker handles at once (also their AMQP prefetch).
     #[arg(long, env = "TETHER_WORKER_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=300))]
     pub concurrency: u16,
     /// Renew customer credentials this many seconds before they expire.
@@ -55,6 +69,27 @@ pub struct WorkerConfig {
     /// Seconds to finish tasks in hand after SIGTERM before handing them back.
     #[arg(long, env = "TETHER_DRAIN_SECS", default_value_t = 30)]
     pub drain_secs: u64,
+    /// Where copy mode writes: `s3://bucket/prefix` or `file:///dir`. Unset:
+    /// copy imports fail with an error saying so.
+    #[arg(long, env = "TETHER_DESTINATION")]
+    pub destination: Option<String>,
+    /// Objects one worker copies at once. Memory is bounded by this times
+    /// the part size.
+    #[arg(long, env = "TETHER_COPY_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub copy_concurrency: u16,
+    /// Multipart part size for `s3://` destinations (at least 5 MiB).
+    #[arg(long, env = "TETHER_COPY_PART_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub copy_part_bytes: usize,
+    /// At most this many objects per copy task.
+    #[arg(long, env = "TETHER_COPY_BATCH_OBJECTS", default_value_t = 100)]
+    pub copy_batch_objects: usize,
+    /// At most this many bytes per copy task (one larger object goes alone).
+    #[arg(long, env = "TETHER_COPY_BATCH_BYTES", default_value_t = 1 << 30)]
+    pub copy_batch_bytes: i64,
+    /// Attempts at one object (throttling, outages) before it is recorded as
+    /// failed.
+    #[arg(long, env = "TETHER_COPY_MAX_ATTEMPTS", default_value_t = 4)]
+    pub copy_max_attempts: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +98,8 @@ pub enum WorkerError {
     Db(#[from] DbError),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
     #[error("the task consumer stopped: {0}")]
     ConsumerLost(String),
 }
@@ -81,13 +118,16 @@ enum Outcome {
 /// Runs a worker until `shutdown` is cancelled, then drains.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let store = Store::connect(&config.common.database_url, config.common.db_pool_size)?;
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let destination = match &config.destination {
+        Some(url) => {
+            Some(destination::open(url, &sdk, config.s3_force_path_style, config.copy_part_bytes).await?)
+        }
+        None => None,
+    };
     let connection = queue::connect(&config.common.amqp_url, "tether-worker").await?;
     queue::declare_topology(&connection).await?;
     let publisher = Publisher::new(&connection).await?;
-    let channel = queue::consumer_channel(&connection, config.concurrency).await?;
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
     let sts = Arc::new(StsCredentials::new(
         aws_sdk_sts::Client::new(&sdk),
         Duration::from_secs(config.sts_refresh_margin_secs),
@@ -98,21 +138,33 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         sources: Sources::new(S3Sources::new(&sdk, sts, config.s3_force_path_style)),
         page_size: config.page_size,
         max_attempts: config.max_attempts,
+        batching: Batching {
+            max_objects: config.copy_batch_objects.max(1),
+            max_bytes: config.copy_batch_bytes,
+        },
+        copier: destination
+            .map(|d| copying::Copier::new(d, config.copy_concurrency.into(), config.copy_max_attempts)),
     });
-    let mut consumer = channel
-        .basic_consume(
-            TASK_QUEUE.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(QueueError::from)?;
-    tracing::info!(
-        concurrency = config.concurrency,
-        page_size = config.page_size,
-        "Worker started."
-    );
+
+    let mut consumers = Vec::new();
+    let mut deliveries = Vec::new();
+    for kind in TaskKind::ALL.into_iter().filter(|k| config.kinds.iter().any(|name| name == k.as_str())) {
+        let prefetch = if kind == TaskKind::Copy { COPY_PREFETCH } else { config.concurrency };
+        let channel = queue::consumer_channel(&connection, prefetch).await?;
+        let consumer = channel
+            .basic_consume(
+                kind.queue().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(QueueError::from)?;
+        consumers.push((channel, consumer.tag()));
+        deliveries.push(consumer.map(move |delivery| (kind, delivery)).boxed());
+    }
+    let mut deliveries = futures_util::stream::select_all(deliveries);
+    tracing::info!(kinds = ?config.kinds, concurrency = config.concurrency, copy_concurrency = config.copy_concurrency, "Worker started.");
 
     let mut in_flight = JoinSet::new();
     let result = loop {
@@ -121,33 +173,27 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             biased;
             () = shutdown.cancelled() => break Ok(()),
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-            delivery = consumer.next() => match delivery {
-                Some(Ok(delivery)) => {
+            delivery = deliveries.next() => match delivery {
+                Some((kind, Ok(delivery))) => {
                     let worker = Arc::clone(&worker);
-                    in_flight.spawn(async move { worker.handle(delivery).await });
+                    in_flight.spawn(async move { worker.handle(kind, delivery).await });
                 }
-                Some(Err(error)) => break Err(WorkerError::ConsumerLost(error.to_string())),
-                None => break Err(WorkerError::ConsumerLost("the broker cancelled the consumer".into())),
+                Some((_, Err(error))) => break Err(WorkerError::ConsumerLost(error.to_string())),
+                None => break Err(WorkerError::ConsumerLost("the broker cancelled the consumers".into())),
             },
         }
     };
-    tracing::info!(
-        in_flight = in_flight.len(),
-        "Worker stopping; finishing tasks in hand."
-    );
-    let _ = channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await;
+    tracing::info!(in_flight = in_flight.len(), "Worker stopping; finishing tasks in hand.");
+    for (channel, tag) in &consumers {
+        let _ = Channel::basic_cancel(channel, tag.clone(), BasicCancelOptions::default()).await;
+    }
     let drained = tokio::time::timeout(Duration::from_secs(config.drain_secs), async {
         while in_flight.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         // Their messages are unacknowledged: closing hands them back.
-        tracing::warn!(
-            left = in_flight.len(),
-            "Drain deadline passed; handing the remaining tasks back."
-        );
+        tracing::warn!(left = in_flight.len(), "Drain deadline passed; handing the remaining tasks back.");
         in_flight.abort_all();
     }
     let _ = connection.close(200, "worker stopping".into()).await;
@@ -161,14 +207,20 @@ struct Worker {
     sources: Sources,
     page_size: u32,
     max_attempts: i32,
+    batching: Batching,
+    /// `None` when `TETHER_DESTINATION` is unset.
+    copier: Option<copying::Copier>,
 }
 
+/// The error of an import asked to copy on an installation without a destination.
+const COPY_NOT_CONFIGURED: &str = "Copy mode is not configured on this Tether installation (TETHER_DESTINATION is unset): import in link mode, or ask the operators to configure a destination.";
+
 impl Worker {
-    async fn handle(&self, delivery: Delivery) {
+    async fn handle(&self, kind: TaskKind, delivery: Delivery) {
         let outcome = match serde_json::from_slice::<TaskMessage>(&delivery.data) {
-            Ok(message) => self.process(message).await,
+            Ok(message) => self.process(kind, message).await,
             Err(error) => {
-                tracing::error!(%error, "Unreadable task message; dead-lettering it.");
+                tracing::error!(%error, queue = kind.queue(), "Unreadable task message; dead-lettering it.");
                 Outcome::GiveUp
             }
         };
@@ -176,21 +228,9 @@ impl Worker {
             Outcome::Done => delivery.ack(BasicAckOptions::default()).await,
             Outcome::Retry(delay) => {
                 tokio::time::sleep(delay).await;
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
+                delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
             }
-            Outcome::GiveUp => {
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: false,
-                        ..Default::default()
-                    })
-                    .await
-            }
+            Outcome::GiveUp => delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await,
         };
         match sent {
             Ok(true) => {}
@@ -201,125 +241,27 @@ impl Worker {
         }
     }
 
-    async fn process(&self, message: TaskMessage) -> Outcome {
-        match self.advance(message).await {
+    async fn process(&self, kind: TaskKind, message: TaskMessage) -> Outcome {
+        let result = async {
+            let Some(task) = self.store.load_task(kind, message).await? else {
+                // A duplicate, or the import ended meanwhile.
+                return Ok(Outcome::Done);
+            };
+            let span = tracing::info_span!("task", kind = kind.as_str(), import_id = %task.import_id, step = message.seq);
+            match &task.work {
+                Work::List { prefix, continuation } => {
+                    self.list(&task, prefix, continuation.as_deref()).instrument(span).await
+                }
+                Work::Copy { items } => self.copy(&task, items).instrument(span).await,
+            }
+        };
+        match result.await {
             Ok(outcome) => outcome,
             Err(error) => {
                 tracing::warn!(%error, task_id = %message.task_id, "Database error; retrying the task later.");
                 Outcome::Retry(Duration::from_secs(2))
             }
         }
-    }
-
-    /// Lists and commits one page of a task.
-    async fn advance(&self, message: TaskMessage) -> Result<Outcome, DbError> {
-        let Some(task) = self.store.load_task(message).await? else {
-            // A duplicate, or the import ended meanwhile.
-            return Ok(Outcome::Done);
-        };
-        let span = tracing::info_span!("task", import_id = %task.import_id, page = message.seq);
-        self.list_and_commit(&task).instrument(span).await
-    }
-
-    async fn list_and_commit(&self, task: &TaskContext) -> Result<Outcome, DbError> {
-        if task.request.mode == Mode::Copy {
-            self.store
-                .fail_import(
-                    task.import_id,
-                    "Copy mode is not available on this Tether installation yet: import in link mode, or ask the operators to enable copy mode.",
-                )
-                .await?;
-            return Ok(Outcome::Done);
-        }
-        let listed = match self.sources.open(&task.request.source).await {
-            Ok(source) => {
-                source
-                    .list_page(&task.prefix, task.continuation.as_deref(), self.page_size)
-                    .await
-            }
-            Err(error) => Err(error),
-        };
-        let page = match listed {
-            Ok(page) => page,
-            Err(error) => return self.storage_failed(task, error).await,
-        };
-        let result = page::build(&task.request, page);
-        match self.store.commit_page(task, &result).await? {
-            PageCommit::Stale => {}
-            PageCommit::Committed {
-                imported,
-                unchanged,
-                next,
-            } => {
-                tracing::debug!(
-                    listed = result.listed,
-                    imported,
-                    unchanged,
-                    "Page committed."
-                );
-                if let Some(next) = next {
-                    self.publish_next(next).await;
-                }
-            }
-        }
-        Ok(Outcome::Done)
-    }
-
-    /// Publishes the next page's message, retrying briefly. If it still
-    /// fails, the scheduler re-publishes the task once its lease passes.
-    async fn publish_next(&self, next: TaskMessage) {
-        let publish = || async { self.publisher.publish_tasks(&[next]).await };
-        if let Err(error) = publish
-            .retry(ExponentialBuilder::default().with_jitter())
-            .await
-        {
-            tracing::warn!(%error, "Could not publish the next page; the scheduler will re-publish it.");
-        }
-    }
-
-    /// Decides what a storage error means for the task and the import.
-    async fn storage_failed(
-        &self,
-        task: &TaskContext,
-        error: StorageError,
-    ) -> Result<Outcome, DbError> {
-        let prefix_url = task.request.source.url(&task.prefix);
-        if error.is_transient() {
-            let attempts = self.store.record_attempt(task.message).await?;
-            if attempts < self.max_attempts {
-                tracing::warn!(%error, attempts, "Listing failed; retrying later.");
-                return Ok(Outcome::Retry(retry_delay(attempts)));
-            }
-            let failure = FailureRow {
-                source_url: prefix_url,
-                code: error.code(),
-                message: format!("Listing kept failing after {attempts} attempts ({error}); requeue the import once the store recovers."),
-            };
-            self.store.fail_task(task, &failure).await?;
-            return Ok(Outcome::Done);
-        }
-        match error {
-            StorageError::AccessDenied(message) => {
-                tracing::warn!(%message, "Listing denied; the prefix fails, the import goes on.");
-                let failure = FailureRow {
-                    source_url: prefix_url,
-                    code: "access_denied",
-                    message,
-                };
-                self.store.fail_task(task, &failure).await?;
-            }
-            StorageError::Credentials(CredentialError::Refused { sentence }) => {
-                tracing::warn!(error = %sentence, "Credentials refused; the import fails.");
-                self.store.fail_import(task.import_id, &sentence).await?;
-            }
-            other => {
-                tracing::warn!(error = %other, "The import cannot run.");
-                self.store
-                    .fail_import(task.import_id, &other.to_string())
-                    .await?;
-            }
-        }
-        Ok(Outcome::Done)
     }
 }
 
@@ -331,7 +273,5 @@ fn retry_delay(attempts: i32) -> Duration {
         .without_max_times()
         .with_jitter()
         .build();
-    delays
-        .nth(usize::try_from(attempts.max(1) - 1).unwrap_or(0))
-        .unwrap_or(Duration::from_secs(60))
+    delays.nth(usize::try_from(attempts.max(1) - 1).unwrap_or(0)).unwrap_or(Duration::from_secs(60))
 }

@@ -6,10 +6,7 @@ use tether_shared::db::tasks::{FailureRow, ImageRow, PageResult};
 use tether_shared::storage::ListPage;
 
 pub(crate) fn build(request: &ImportRequest, page: ListPage) -> PageResult {
-    let mut result = PageResult {
-        next: page.next,
-        ..PageResult::default()
-    };
+    let mut result = PageResult { next: page.next, ..PageResult::default() };
     let max = request.filter.max_object_bytes;
     for object in page.objects {
         if object.key.ends_with('/') {
@@ -29,6 +26,7 @@ pub(crate) fn build(request: &ImportRequest, page: ListPage) -> PageResult {
                 ),
                 source_url,
                 code: "too_large",
+                attempts: 1,
             });
             continue;
         }

@@ -53,12 +53,7 @@ pub struct StsCredentials {
 
 impl StsCredentials {
     pub fn new(client: aws_sdk_sts::Client, refresh_margin: Duration) -> Self {
-        Self {
-            client,
-            refresh_margin,
-            slots: Mutex::new(HashMap::new()),
-            refreshes: AtomicU64::new(0),
-        }
+        Self { client, refresh_margin, slots: Mutex::new(HashMap::new()), refreshes: AtomicU64::new(0) }
     }
 
     /// How many times a session was obtained or renewed (for tests and metrics).
@@ -67,10 +62,7 @@ impl StsCredentials {
     }
 
     fn slot(&self, key: &RoleKey) -> Slot {
-        let mut slots = self
-            .slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         slots.entry(key.clone()).or_default().clone()
     }
 
@@ -98,9 +90,7 @@ impl StsCredentials {
                     reason = %message,
                     "STS refused 6-hour sessions for this role; using 1-hour sessions, refreshed more often."
                 );
-                self.assume_once(key, FALLBACK_SESSION_SECONDS)
-                    .await
-                    .map_err(|e| e.into_error(key))
+                self.assume_once(key, FALLBACK_SESSION_SECONDS).await.map_err(|e| e.into_error(key))
             }
             other => other.map_err(|e| e.into_error(key)),
         }
@@ -117,12 +107,11 @@ impl StsCredentials {
             .send()
             .await
             .map_err(classify)?;
-        let c = output.credentials().ok_or_else(|| {
-            AssumeError::Unavailable("STS answered AssumeRole without credentials".into())
-        })?;
-        let expires = SystemTime::try_from(*c.expiration()).map_err(|_| {
-            AssumeError::Unavailable("STS returned an unreadable expiration".into())
-        })?;
+        let c = output
+            .credentials()
+            .ok_or_else(|| AssumeError::Unavailable("STS answered AssumeRole without credentials".into()))?;
+        let expires = SystemTime::try_from(*c.expiration())
+            .map_err(|_| AssumeError::Unavailable("STS returned an unreadable expiration".into()))?;
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(role_arn = %key.role_arn, seconds, "Assumed the customer's role.");
         Ok(Session {
@@ -140,10 +129,7 @@ impl StsCredentials {
 
     /// A credentials provider for SDK clients that reads this cache.
     pub fn provider(self: &Arc<Self>, key: RoleKey) -> RoleProvider {
-        RoleProvider {
-            sts: Arc::clone(self),
-            key,
-        }
+        RoleProvider { sts: Arc::clone(self), key }
     }
 }
 
@@ -201,8 +187,7 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
 
 /// STS's two ways of saying the requested duration is too long.
 fn is_duration_refusal(code: &str, message: &str) -> bool {
-    code == "ValidationError"
-        && (message.contains("MaxSessionDuration") || message.contains("role chaining"))
+    code == "ValidationError" && (message.contains("MaxSessionDuration") || message.contains("role chaining"))
 }
 
 /// An SDK credentials provider for one role, backed by [`StsCredentials`].
@@ -218,10 +203,7 @@ impl ProvideCredentials for RoleProvider {
         Self: 'a,
     {
         future::ProvideCredentials::new(async move {
-            self.sts
-                .credentials(&self.key)
-                .await
-                .map_err(provider::error::CredentialsError::provider_error)
+            self.sts.credentials(&self.key).await.map_err(provider::error::CredentialsError::provider_error)
         })
     }
 }
@@ -240,13 +222,7 @@ mod tests {
             "ValidationError",
             "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining."
         ));
-        assert!(!is_duration_refusal(
-            "AccessDenied",
-            "not authorized to perform sts:AssumeRole"
-        ));
-        assert!(!is_duration_refusal(
-            "ValidationError",
-            "1 validation error detected: roleArn"
-        ));
+        assert!(!is_duration_refusal("AccessDenied", "not authorized to perform sts:AssumeRole"));
+        assert!(!is_duration_refusal("ValidationError", "1 validation error detected: roleArn"));
     }
 }

@@ -46,10 +46,7 @@ impl Store {
     pub async fn mark_events_published(&self, event_ids: &[i64]) -> Result<(), DbError> {
         self.client()
             .await?
-            .execute(
-                "UPDATE tether.events SET published_at = now() WHERE event_id = ANY($1)",
-                &[&event_ids],
-            )
+            .execute("UPDATE tether.events SET published_at = now() WHERE event_id = ANY($1)", &[&event_ids])
             .await?;
         Ok(())
     }

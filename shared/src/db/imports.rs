@@ -59,15 +59,13 @@ impl Store {
             )
             .await?;
         if inserted == 0 {
-            return same_digest(&tx, request.import_id, digest)
-                .await
-                .map(|same| {
-                    if same {
-                        Recorded::Duplicate
-                    } else {
-                        Recorded::Conflict
-                    }
-                });
+            return same_digest(&tx, request.import_id, digest).await.map(|same| {
+                if same {
+                    Recorded::Duplicate
+                } else {
+                    Recorded::Conflict
+                }
+            });
         }
         let task_ids: Vec<Uuid> = request.prefixes.iter().map(|_| Uuid::new_v4()).collect();
         tx.execute(
@@ -78,12 +76,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(Recorded::Created(
-            task_ids
-                .into_iter()
-                .map(|task_id| TaskMessage { task_id, seq: 0 })
-                .collect(),
-        ))
+        Ok(Recorded::Created(task_ids.into_iter().map(|task_id| TaskMessage { task_id, seq: 0 }).collect()))
     }
 
     /// Records a rejected request that named a new `import_id`: a `failed`
@@ -97,7 +90,9 @@ impl Store {
     ) -> Result<bool, DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let error = format!("The import request was rejected: {reason}. Fix the request and send it with a new import_id.");
+        let error = format!(
+            "The import request was rejected: {reason}. Fix the request and send it with a new import_id."
+        );
         let inserted = tx
             .execute(
                 "INSERT INTO tether.imports (import_id, request_digest, state, error, finished_at, revision)
@@ -133,10 +128,7 @@ impl Store {
         )
         .await?;
         let Some(row) = tx
-            .query_opt(
-                "SELECT state FROM tether.imports WHERE import_id = $1 FOR UPDATE",
-                &[&import_id],
-            )
+            .query_opt("SELECT state FROM tether.imports WHERE import_id = $1 FOR UPDATE", &[&import_id])
             .await?
         else {
             return Ok(Cancelled::NotFound);
@@ -236,10 +228,7 @@ impl Store {
         let row = self
             .client()
             .await?
-            .query_opt(
-                "SELECT to_jsonb(s) FROM tether.import_status s WHERE s.import_id = $1",
-                &[&import_id],
-            )
+            .query_opt("SELECT to_jsonb(s) FROM tether.import_status s WHERE s.import_id = $1", &[&import_id])
             .await?;
         Ok(row.map(|r| r.get(0)))
     }
@@ -252,25 +241,14 @@ impl Store {
     }
 }
 
-async fn same_digest(
-    tx: &Transaction<'_>,
-    import_id: Uuid,
-    digest: &[u8; 32],
-) -> Result<bool, DbError> {
-    let row = tx
-        .query_opt(
-            "SELECT request_digest FROM tether.imports WHERE import_id = $1",
-            &[&import_id],
-        )
-        .await?;
+async fn same_digest(tx: &Transaction<'_>, import_id: Uuid, digest: &[u8; 32]) -> Result<bool, DbError> {
+    let row =
+        tx.query_opt("SELECT request_digest FROM tether.imports WHERE import_id = $1", &[&import_id]).await?;
     Ok(row.is_some_and(|r| r.get::<_, &[u8]>(0) == digest.as_slice()))
 }
 
 /// (source_url, message) of each prefix whose listing failed.
-async fn prefix_failures(
-    tx: &Transaction<'_>,
-    import_id: Uuid,
-) -> Result<Vec<(String, String)>, DbError> {
+async fn prefix_failures(tx: &Transaction<'_>, import_id: Uuid) -> Result<Vec<(String, String)>, DbError> {
     Ok(tx
         .query(
             "SELECT f.source_url, f.message FROM tether.import_failures f
@@ -285,10 +263,7 @@ async fn prefix_failures(
         .collect())
 }
 
-async fn object_failure_codes(
-    tx: &Transaction<'_>,
-    import_id: Uuid,
-) -> Result<Vec<(String, i64)>, DbError> {
+async fn object_failure_codes(tx: &Transaction<'_>, import_id: Uuid) -> Result<Vec<(String, i64)>, DbError> {
     Ok(tx
         .query(
             "SELECT f.code, count(*) FROM tether.import_failures f
@@ -323,17 +298,12 @@ impl Outcome {
         let where_ = describe_prefixes(&request.source, &request.prefixes);
         if !self.prefix_failures.is_empty() && matched == 0 {
             let (url, message) = &self.prefix_failures[0];
-            return (
-                "failed",
-                Some(format!("Tether could not list {url}: {message}")),
-            );
+            return ("failed", Some(format!("Tether could not list {url}: {message}")));
         }
         if self.listed == 0 {
             return (
                 "failed",
-                Some(format!(
-                    "Nothing was found under {where_}: check the bucket name and the prefixes."
-                )),
+                Some(format!("Nothing was found under {where_}: check the bucket name and the prefixes.")),
             );
         }
         if matched == 0 {
@@ -346,20 +316,13 @@ impl Outcome {
             );
         }
         if self.failed == matched {
-            return (
-                "failed",
-                Some(format!("Every matching object failed ({}).", self.codes())),
-            );
+            return ("failed", Some(format!("Every matching object failed ({}).", self.codes())));
         }
         if self.failed > 0 || !self.prefix_failures.is_empty() {
             let mut error = String::new();
             if self.failed > 0 {
-                let _ = write!(
-                    error,
-                    "{} of {matched} matching objects failed ({})",
-                    self.failed,
-                    self.codes()
-                );
+                let _ =
+                    write!(error, "{} of {matched} matching objects failed ({})", self.failed, self.codes());
             }
             if let Some((url, message)) = self.prefix_failures.first() {
                 if !error.is_empty() {
@@ -378,11 +341,7 @@ impl Outcome {
     }
 
     fn codes(&self) -> String {
-        self.object_failures
-            .iter()
-            .map(|(code, n)| format!("{code}: {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.object_failures.iter().map(|(code, n)| format!("{code}: {n}")).collect::<Vec<_>>().join(", ")
     }
 }
 

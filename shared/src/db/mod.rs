@@ -15,10 +15,10 @@ use crate::contract::Secret;
 
 /// Migrations in the order they apply; each runs once, recorded in
 /// `tether.schema_migrations`.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init",
-    include_str!("../../../migrations/0001_init.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../../../migrations/0001_init.sql")),
+    ("0002_copy_tasks", include_str!("../../../migrations/0002_copy_tasks.sql")),
+];
 
 /// An arbitrary constant: the advisory lock that serialises schedulers
 /// applying migrations at the same time.
@@ -56,9 +56,7 @@ impl Store {
         let manager = Manager::from_config(
             config,
             NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Verified,
-            },
+            ManagerConfig { recycling_method: RecyclingMethod::Verified },
         );
         let pool = Pool::builder(manager)
             .max_size(max_size)
@@ -82,8 +80,7 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
         tx.batch_execute(
             "CREATE SCHEMA IF NOT EXISTS tether;
              CREATE TABLE IF NOT EXISTS tether.schema_migrations (
@@ -92,20 +89,13 @@ impl Store {
         .await?;
         for (version, sql) in MIGRATIONS {
             let done = tx
-                .query_opt(
-                    "SELECT 1 FROM tether.schema_migrations WHERE version = $1",
-                    &[version],
-                )
+                .query_opt("SELECT 1 FROM tether.schema_migrations WHERE version = $1", &[version])
                 .await?
                 .is_some();
             if !done {
                 tracing::info!(version, "Applying migration.");
                 tx.batch_execute(sql).await?;
-                tx.execute(
-                    "INSERT INTO tether.schema_migrations (version) VALUES ($1)",
-                    &[version],
-                )
-                .await?;
+                tx.execute("INSERT INTO tether.schema_migrations (version) VALUES ($1)", &[version]).await?;
             }
         }
         tx.commit().await?;

@@ -1,6 +1,7 @@
-//! Queries on listing tasks: loading one for a message, committing a listed
-//! page (references, counters and checkpoint in one transaction), recording
-//! failures, and finding tasks whose message was lost.
+//! Queries on tasks: loading one for a message, committing a listed page
+//! (references or copy tasks, counters and checkpoint in one transaction),
+//! committing a copied batch, recording failures, and finding tasks whose
+//! message was lost.
 //!
 //! Exactly-once effect rests on one rule: a page commits only if the task row
 //! still has the `seq` the message carries, checked under the row lock; the
@@ -8,21 +9,21 @@
 //! newer `seq` and does nothing.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::{DbError, Store};
 use crate::contract::{ImportRequest, Mode};
-use crate::task::TaskMessage;
+use crate::task::{TaskKind, TaskMessage};
 
 /// Namespace of the UUIDv5s that identify images and failures.
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5d1f_6c3e_8a2b_4c71_9e0d_7b3a_1f42_e8c6);
 
 /// `tether.images.image_id`: stable for (`dataset_id`, `source_url`).
 pub fn image_id(dataset_id: &str, source_url: &str) -> Uuid {
-    Uuid::new_v5(
-        &ID_NAMESPACE,
-        format!("{dataset_id}\n{source_url}").as_bytes(),
-    )
+    Uuid::new_v5(&ID_NAMESPACE, format!("{dataset_id}\n{source_url}").as_bytes())
 }
 
 fn failure_key(source_url: &str) -> Uuid {
@@ -34,9 +35,42 @@ fn failure_key(source_url: &str) -> Uuid {
 pub struct TaskContext {
     pub message: TaskMessage,
     pub import_id: Uuid,
-    pub prefix: String,
-    pub continuation: Option<String>,
+    pub work: Work,
     pub request: ImportRequest,
+}
+
+/// What a task does.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// List the next page of `prefix`, from `continuation`.
+    List { prefix: String, continuation: Option<String> },
+    /// Copy these objects.
+    Copy { items: Vec<CopyItem> },
+}
+
+/// An object a copy task copies, as the listing described it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyItem {
+    pub key: String,
+    pub size: i64,
+    pub etag: Option<String>,
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
+/// How a listed page's objects to copy are cut into copy tasks, so that
+/// each task ends well within the broker's delivery timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    pub max_objects: usize,
+    pub max_bytes: i64,
+}
+
+/// What became of one object of a copy task.
+#[derive(Debug, Clone)]
+pub struct CopyOutcome {
+    pub item: CopyItem,
+    /// The stored URL, or why the copy failed.
+    pub result: Result<String, FailureRow>,
 }
 
 /// An object from a listing page that passed the filters.
@@ -54,6 +88,7 @@ pub struct FailureRow {
     pub source_url: String,
     pub code: &'static str,
     pub message: String,
+    pub attempts: i32,
 }
 
 /// One listed page, ready to be committed.
@@ -79,41 +114,56 @@ pub enum PageCommit {
         unchanged: i64,
         /// The message for the next page, to publish after the commit.
         next: Option<TaskMessage>,
+        /// Copy tasks made from this page (copy mode), to publish too.
+        copies: Vec<TaskMessage>,
     },
 }
 
 impl Store {
-    /// The task a message points at, if the message is current and the
-    /// import still runs.
-    pub async fn load_task(&self, message: TaskMessage) -> Result<Option<TaskContext>, DbError> {
+    /// The task a message points at, if the message is current, of the
+    /// kind expected, and its import still runs.
+    pub async fn load_task(
+        &self,
+        kind: TaskKind,
+        message: TaskMessage,
+    ) -> Result<Option<TaskContext>, DbError> {
         let row = self
             .client()
             .await?
             .query_opt(
-                "SELECT t.import_id, t.prefix, t.continuation, i.request
+                "SELECT t.import_id, t.prefix, t.continuation, t.items, i.request
                  FROM tether.tasks t JOIN tether.imports i USING (import_id)
-                 WHERE t.task_id = $1 AND t.seq = $2 AND t.state = 'pending'
+                 WHERE t.task_id = $1 AND t.seq = $2 AND t.kind = $3 AND t.state = 'pending'
                    AND i.state IN ('queued', 'running')",
-                &[&message.task_id, &message.seq],
+                &[&message.task_id, &message.seq, &kind.as_str()],
             )
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let request = ImportRequest::from_stored_json(&row.get(3)).map_err(DbError::Corrupt)?;
-        Ok(Some(TaskContext {
-            message,
-            import_id: row.get(0),
-            prefix: row.get(1),
-            continuation: row.get(2),
-            request,
-        }))
+        let request = ImportRequest::from_stored_json(&row.get(4)).map_err(DbError::Corrupt)?;
+        let work = match kind {
+            TaskKind::List => Work::List {
+                prefix: row.get::<_, Option<String>>(1).unwrap_or_default(),
+                continuation: row.get(2),
+            },
+            TaskKind::Copy => {
+                let items: Option<Value> = row.get(3);
+                let items = serde_json::from_value(items.unwrap_or_default())
+                    .map_err(|e| DbError::Corrupt(format!("copy task items: {e}")))?;
+                Work::Copy { items }
+            }
+        };
+        Ok(Some(TaskContext { message, import_id: row.get(0), work, request }))
     }
 
-    /// Writes a page's references and failures, adds its counts to the
-    /// import, and checkpoints the continuation token, in one transaction.
+    /// Commits a listed page in one transaction: in link mode its
+    /// references, in copy mode its copy tasks (objects already copied and
+    /// unchanged are skipped); its failures and counts; and the continuation
+    /// token.
     pub async fn commit_page(
         &self,
         task: &TaskContext,
         page: &PageResult,
+        batching: Batching,
     ) -> Result<PageCommit, DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -121,67 +171,21 @@ impl Store {
             return Ok(PageCommit::Stale);
         }
         let request = &task.request;
-        let ids: Vec<Uuid> = page
-            .images
-            .iter()
-            .map(|i| image_id(&request.dataset_id, &i.source_url))
-            .collect();
-        let urls: Vec<&str> = page.images.iter().map(|i| i.source_url.as_str()).collect();
-        let sizes: Vec<i64> = page.images.iter().map(|i| i.size_bytes).collect();
-        let etags: Vec<Option<&str>> = page.images.iter().map(|i| i.etag.as_deref()).collect();
-        let modified: Vec<Option<DateTime<Utc>>> =
-            page.images.iter().map(|i| i.last_modified).collect();
-        let storage = match request.mode {
-            Mode::Link => "link",
-            Mode::Copy => "copy",
+        let (imported, copies) = match request.mode {
+            Mode::Link => (upsert_images(&tx, task, &page.images, None).await?, Vec::new()),
+            Mode::Copy => (0, insert_copy_tasks(&tx, task, &page.images, batching).await?),
         };
-        // New objects are inserted; changed ones (other ETag) re-imported.
-        // A link import leaves an existing copy alone: that counts as skipped.
-        let imported = tx
-            .execute(
-                "INSERT INTO tether.images AS im (image_id, import_id, workspace_id, dataset_id, source_url,
-                                                  size_bytes, etag, last_modified, storage, stored_url)
-                 SELECT u.id, $1, $2, $3, u.url, u.size, u.etag, u.modified, $9, NULL
-                 FROM unnest($4::uuid[], $5::text[], $6::int8[], $7::text[], $8::timestamptz[])
-                      AS u(id, url, size, etag, modified)
-                 ON CONFLICT (image_id) DO UPDATE
-                 SET import_id = EXCLUDED.import_id, size_bytes = EXCLUDED.size_bytes, etag = EXCLUDED.etag,
-                     last_modified = EXCLUDED.last_modified
-                 WHERE im.etag IS DISTINCT FROM EXCLUDED.etag AND im.storage = 'link'",
-                &[
-                    &task.import_id,
-                    &request.workspace_id,
-                    &request.dataset_id,
-                    &ids,
-                    &urls,
-                    &sizes,
-                    &etags,
-                    &modified,
-                    &storage,
-                ],
-            )
-            .await? as i64;
+        let unchanged = page.images.len() as i64 - imported - copies.iter().map(|(_, n)| n).sum::<i64>();
         insert_failures(&tx, task.import_id, &page.failures).await?;
-        let unchanged = page.images.len() as i64 - imported;
-        let running = tx
-            .execute(
-                "UPDATE tether.imports
-                 SET objects_listed = objects_listed + $2, objects_imported = objects_imported + $3,
-                     objects_filtered = objects_filtered + $4, objects_unchanged = objects_unchanged + $5,
-                     objects_failed = objects_failed + $6,
-                     state = 'running', started_at = coalesce(started_at, now())
-                 WHERE import_id = $1 AND state IN ('queued', 'running')",
-                &[
-                    &task.import_id,
-                    &page.listed,
-                    &imported,
-                    &page.filtered,
-                    &unchanged,
-                    &(page.failures.len() as i64),
-                ],
-            )
-            .await?;
-        if running == 0 {
+        let counts = Counts {
+            listed: page.listed,
+            imported,
+            filtered: page.filtered,
+            unchanged,
+            failed: page.failures.len() as i64,
+            bytes_copied: 0,
+        };
+        if !add_counts(&tx, task.import_id, &counts).await? {
             // Cancelled or failed meanwhile: keep nothing of this page.
             return Ok(PageCommit::Stale);
         }
@@ -194,53 +198,82 @@ impl Store {
                     &[&task.message.task_id, token],
                 )
                 .await?;
-                Some(TaskMessage {
-                    task_id: task.message.task_id,
-                    seq: task.message.seq + 1,
-                })
+                Some(TaskMessage { task_id: task.message.task_id, seq: task.message.seq + 1 })
             }
             None => {
-                tx.execute(
-                    "UPDATE tether.tasks SET state = 'done', continuation = NULL, seq = seq + 1, updated_at = now()
-                     WHERE task_id = $1",
-                    &[&task.message.task_id],
-                )
-                .await?;
+                finish_task(&tx, task.message).await?;
                 None
             }
         };
         tx.commit().await?;
-        Ok(PageCommit::Committed {
+        let copies = copies.into_iter().map(|(message, _)| message).collect();
+        Ok(PageCommit::Committed { imported, unchanged, next, copies })
+    }
+
+    /// Commits a copied batch: references to the copies, failures, counts
+    /// and bytes, and the task's end, in one transaction. Returns false if
+    /// the message was stale (the batch was committed before).
+    pub async fn commit_copies(&self, task: &TaskContext, outcomes: &[CopyOutcome]) -> Result<bool, DbError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if !lock_current(&tx, task.message).await? {
+            return Ok(false);
+        }
+        let source = &task.request.source;
+        let mut copied = Vec::new();
+        let mut stored = Vec::new();
+        let mut failures = Vec::new();
+        for outcome in outcomes {
+            match &outcome.result {
+                Ok(url) => {
+                    copied.push(ImageRow {
+                        source_url: source.url(&outcome.item.key),
+                        size_bytes: outcome.item.size,
+                        etag: outcome.item.etag.clone(),
+                        last_modified: outcome.item.last_modified,
+                    });
+                    stored.push(url.as_str());
+                }
+                Err(failure) => failures.push(failure.clone()),
+            }
+        }
+        let imported = upsert_images(&tx, task, &copied, Some(&stored)).await?;
+        insert_failures(&tx, task.import_id, &failures).await?;
+        let counts = Counts {
             imported,
-            unchanged,
-            next,
-        })
+            failed: failures.len() as i64,
+            bytes_copied: copied.iter().map(|c| c.size_bytes).sum(),
+            ..Counts::default()
+        };
+        if !add_counts(&tx, task.import_id, &counts).await? {
+            return Ok(false);
+        }
+        finish_task(&tx, task.message).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Ends a task whose prefix cannot be listed (e.g. access denied): one
     /// failure row for the prefix, the rest of the import goes on.
-    pub async fn fail_task(
-        &self,
-        task: &TaskContext,
-        failure: &FailureRow,
-    ) -> Result<bool, DbError> {
+    pub async fn fail_task(&self, task: &TaskContext, failure: &FailureRow) -> Result<bool, DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         if !lock_current(&tx, task.message).await? {
             return Ok(false);
         }
         tx.execute(
-            "INSERT INTO tether.import_failures (import_id, failure_key, source_url, code, message)
-             VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO tether.import_failures (import_id, failure_key, source_url, code, message, attempts)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (import_id, failure_key) DO UPDATE
              SET code = EXCLUDED.code, message = EXCLUDED.message,
-                 attempts = tether.import_failures.attempts + 1, last_attempt_at = now()",
+                 attempts = tether.import_failures.attempts + EXCLUDED.attempts, last_attempt_at = now()",
             &[
                 &task.import_id,
                 &task.message.task_id,
                 &failure.source_url,
                 &failure.code,
                 &failure.message,
+                &failure.attempts,
             ],
         )
         .await?;
@@ -303,7 +336,7 @@ impl Store {
         &self,
         after_secs: f64,
         limit: i64,
-    ) -> Result<Vec<TaskMessage>, DbError> {
+    ) -> Result<Vec<(TaskKind, TaskMessage)>, DbError> {
         Ok(self
             .client()
             .await?
@@ -315,56 +348,200 @@ impl Store {
                        AND published_at < now() - make_interval(secs => $1)
                        AND updated_at < now() - make_interval(secs => $1)
                      ORDER BY published_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-                 RETURNING task_id, seq",
+                 RETURNING task_id, seq, kind",
                 &[&after_secs, &limit],
             )
             .await?
             .iter()
-            .map(|r| TaskMessage {
-                task_id: r.get(0),
-                seq: r.get(1),
+            .filter_map(|r| {
+                Some((TaskKind::parse(r.get(2))?, TaskMessage { task_id: r.get(0), seq: r.get(1) }))
             })
             .collect())
     }
 }
 
 /// Locks the task row and tells whether the message is still current.
-async fn lock_current(
-    tx: &tokio_postgres::Transaction<'_>,
-    message: TaskMessage,
-) -> Result<bool, DbError> {
+async fn lock_current(tx: &Transaction<'_>, message: TaskMessage) -> Result<bool, DbError> {
     let row = tx
-        .query_opt(
-            "SELECT seq, state FROM tether.tasks WHERE task_id = $1 FOR UPDATE",
-            &[&message.task_id],
-        )
+        .query_opt("SELECT seq, state FROM tether.tasks WHERE task_id = $1 FOR UPDATE", &[&message.task_id])
         .await?;
     Ok(row.is_some_and(|r| r.get::<_, i32>(0) == message.seq && r.get::<_, &str>(1) == "pending"))
 }
 
+async fn finish_task(tx: &Transaction<'_>, message: TaskMessage) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE tether.tasks SET state = 'done', continuation = NULL, seq = seq + 1, updated_at = now()
+         WHERE task_id = $1",
+        &[&message.task_id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Amounts added to an import's counters by one commit.
+#[derive(Debug, Default)]
+struct Counts {
+    listed: i64,
+    imported: i64,
+    filtered: i64,
+    unchanged: i64,
+    failed: i64,
+    bytes_copied: i64,
+}
+
+/// Adds to the import's counters (and marks it running); false if the import
+/// no longer runs.
+async fn add_counts(tx: &Transaction<'_>, import_id: Uuid, c: &Counts) -> Result<bool, DbError> {
+    let updated = tx
+        .execute(
+            "UPDATE tether.imports
+             SET objects_listed = objects_listed + $2, objects_imported = objects_imported + $3,
+                 objects_filtered = objects_filtered + $4, objects_unchanged = objects_unchanged + $5,
+                 objects_failed = objects_failed + $6, bytes_copied = bytes_copied + $7,
+                 state = 'running', started_at = coalesce(started_at, now())
+             WHERE import_id = $1 AND state IN ('queued', 'running')",
+            &[&import_id, &c.listed, &c.imported, &c.filtered, &c.unchanged, &c.failed, &c.bytes_copied],
+        )
+        .await?;
+    Ok(updated == 1)
+}
+
+/// Upserts references; returns how many were written. Link mode (`stored`
+/// is `None`) writes new and changed objects and leaves an existing copy
+/// alone; copy mode (`stored` holds each copy's URL) always writes.
+async fn upsert_images(
+    tx: &Transaction<'_>,
+    task: &TaskContext,
+    images: &[ImageRow],
+    stored: Option<&[&str]>,
+) -> Result<i64, DbError> {
+    if images.is_empty() {
+        return Ok(0);
+    }
+    let request = &task.request;
+    let ids: Vec<Uuid> = images.iter().map(|i| image_id(&request.dataset_id, &i.source_url)).collect();
+    let urls: Vec<&str> = images.iter().map(|i| i.source_url.as_str()).collect();
+    let sizes: Vec<i64> = images.iter().map(|i| i.size_bytes).collect();
+    let etags: Vec<Option<&str>> = images.iter().map(|i| i.etag.as_deref()).collect();
+    let modified: Vec<Option<DateTime<Utc>>> = images.iter().map(|i| i.last_modified).collect();
+    let stored_urls: Vec<Option<&str>> = match stored {
+        Some(urls) => urls.iter().map(|u| Some(*u)).collect(),
+        None => vec![None; images.len()],
+    };
+    let storage = if stored.is_some() { "copy" } else { "link" };
+    let written = tx
+        .execute(
+            "INSERT INTO tether.images AS im (image_id, import_id, workspace_id, dataset_id, source_url,
+                                              size_bytes, etag, last_modified, storage, stored_url)
+             SELECT u.id, $1, $2, $3, u.url, u.size, u.etag, u.modified, $9, u.stored
+             FROM unnest($4::uuid[], $5::text[], $6::int8[], $7::text[], $8::timestamptz[], $10::text[])
+                  AS u(id, url, size, etag, modified, stored)
+             ON CONFLICT (image_id) DO UPDATE
+             SET import_id = EXCLUDED.import_id, size_bytes = EXCLUDED.size_bytes, etag = EXCLUDED.etag,
+                 last_modified = EXCLUDED.last_modified, storage = EXCLUDED.storage,
+                 stored_url = EXCLUDED.stored_url
+             WHERE EXCLUDED.storage = 'copy'
+                OR (im.storage = 'link' AND im.etag IS DISTINCT FROM EXCLUDED.etag)",
+            &[
+                &task.import_id,
+                &request.workspace_id,
+                &request.dataset_id,
+                &ids,
+                &urls,
+                &sizes,
+                &etags,
+                &modified,
+                &storage,
+                &stored_urls,
+            ],
+        )
+        .await?;
+    Ok(written as i64)
+}
+
+/// Turns the objects of a page that need copying (not yet copied, or
+/// changed since) into copy tasks; returns each task's message and size.
+async fn insert_copy_tasks(
+    tx: &Transaction<'_>,
+    task: &TaskContext,
+    images: &[ImageRow],
+    batching: Batching,
+) -> Result<Vec<(TaskMessage, i64)>, DbError> {
+    let request = &task.request;
+    let ids: Vec<Uuid> = images.iter().map(|i| image_id(&request.dataset_id, &i.source_url)).collect();
+    let etags: Vec<Option<&str>> = images.iter().map(|i| i.etag.as_deref()).collect();
+    let copied: std::collections::HashSet<Uuid> = tx
+        .query(
+            "SELECT im.image_id FROM tether.images im
+             JOIN unnest($1::uuid[], $2::text[]) AS u(id, etag) ON im.image_id = u.id
+             WHERE im.storage = 'copy' AND im.etag IS NOT DISTINCT FROM u.etag",
+            &[&ids, &etags],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let source_prefix = request.source.url("");
+    let mut batches: Vec<Vec<CopyItem>> = Vec::new();
+    let mut batch_bytes = 0;
+    for (image, id) in images.iter().zip(&ids) {
+        if copied.contains(id) {
+            continue;
+        }
+        let item = CopyItem {
+            key: image.source_url.strip_prefix(&source_prefix).unwrap_or(&image.source_url).to_owned(),
+            size: image.size_bytes,
+            etag: image.etag.clone(),
+            last_modified: image.last_modified,
+        };
+        let full = batches
+            .last()
+            .is_none_or(|b| b.len() >= batching.max_objects || batch_bytes + item.size > batching.max_bytes);
+        if full {
+            batches.push(Vec::new());
+            batch_bytes = 0;
+        }
+        batch_bytes += item.size;
+        if let Some(batch) = batches.last_mut() {
+            batch.push(item);
+        }
+    }
+    let mut messages = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let task_id = Uuid::new_v4();
+        let items = serde_json::to_value(&batch).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO tether.tasks (task_id, import_id, kind, items, state, published_at)
+             VALUES ($1, $2, 'copy', $3, 'pending', now())",
+            &[&task_id, &task.import_id, &items],
+        )
+        .await?;
+        messages.push((TaskMessage { task_id, seq: 0 }, batch.len() as i64));
+    }
+    Ok(messages)
+}
+
 async fn insert_failures(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Transaction<'_>,
     import_id: Uuid,
     failures: &[FailureRow],
 ) -> Result<(), DbError> {
     if failures.is_empty() {
         return Ok(());
     }
-    let keys: Vec<Uuid> = failures
-        .iter()
-        .map(|f| failure_key(&f.source_url))
-        .collect();
+    let keys: Vec<Uuid> = failures.iter().map(|f| failure_key(&f.source_url)).collect();
     let urls: Vec<&str> = failures.iter().map(|f| f.source_url.as_str()).collect();
     let codes: Vec<&str> = failures.iter().map(|f| f.code).collect();
     let messages: Vec<&str> = failures.iter().map(|f| f.message.as_str()).collect();
+    let attempts: Vec<i32> = failures.iter().map(|f| f.attempts).collect();
     tx.execute(
-        "INSERT INTO tether.import_failures (import_id, failure_key, source_url, code, message)
-         SELECT $1, u.k, u.url, u.code, u.message
-         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[]) AS u(k, url, code, message)
+        "INSERT INTO tether.import_failures (import_id, failure_key, source_url, code, message, attempts)
+         SELECT $1, u.k, u.url, u.code, u.message, u.attempts
+         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::int4[]) AS u(k, url, code, message, attempts)
          ON CONFLICT (import_id, failure_key) DO UPDATE
          SET code = EXCLUDED.code, message = EXCLUDED.message,
-             attempts = tether.import_failures.attempts + 1, last_attempt_at = now()",
-        &[&import_id, &keys, &urls, &codes, &messages],
+             attempts = tether.import_failures.attempts + EXCLUDED.attempts, last_attempt_at = now()",
+        &[&import_id, &keys, &urls, &codes, &messages, &attempts],
     )
     .await?;
     Ok(())

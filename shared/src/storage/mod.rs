@@ -6,9 +6,12 @@
 pub mod s3;
 
 use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures_util::Stream;
 
 use crate::contract::Source;
 use crate::credentials::CredentialError;
@@ -31,6 +34,25 @@ pub struct ListPage {
     pub next: Option<String>,
 }
 
+/// An object's bytes, as they arrive.
+pub type ByteChunks = Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + Send>>;
+
+/// An object opened for reading.
+pub struct ObjectBody {
+    /// What the store says the object's size is.
+    pub size: u64,
+    /// The MD5 of the bytes, where the store vouches for one (an S3
+    /// single-part ETag without KMS or customer-key encryption).
+    pub md5: Option<[u8; 16]>,
+    pub chunks: ByteChunks,
+}
+
+impl fmt::Debug for ObjectBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectBody").field("size", &self.size).field("md5", &self.md5).finish_non_exhaustive()
+    }
+}
+
 /// Why a storage call failed, in terms the worker acts on.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -41,6 +63,15 @@ pub enum StorageError {
     /// The identity may not do this (list a prefix, read an object).
     #[error("{0}")]
     AccessDenied(String),
+    /// The object is gone (deleted since it was listed).
+    #[error("{0}")]
+    ObjectNotFound(String),
+    /// The object changed since it was listed (the precondition failed).
+    #[error("{0}")]
+    Changed(String),
+    /// The bytes read are not what the listing promised (size, checksum).
+    #[error("{0}")]
+    Corrupt(String),
     /// Credentials for the customer's bucket were refused or are unavailable.
     #[error(transparent)]
     Credentials(#[from] CredentialError),
@@ -69,9 +100,12 @@ impl StorageError {
     /// The contract's failure code (§3).
     pub fn code(&self) -> &'static str {
         match self {
-            StorageError::BucketNotFound(_) => "not_found",
-            StorageError::AccessDenied(_)
-            | StorageError::Credentials(CredentialError::Refused { .. }) => "access_denied",
+            StorageError::BucketNotFound(_) | StorageError::ObjectNotFound(_) => "not_found",
+            StorageError::Changed(_) => "changed_during_copy",
+            StorageError::Corrupt(_) => "checksum_mismatch",
+            StorageError::AccessDenied(_) | StorageError::Credentials(CredentialError::Refused { .. }) => {
+                "access_denied"
+            }
             StorageError::Throttled(_) => "throttled",
             StorageError::Unavailable(_)
             | StorageError::Credentials(CredentialError::Unavailable(_))
@@ -80,7 +114,7 @@ impl StorageError {
     }
 }
 
-/// A bucket (or container) that Tether can list.
+/// A bucket (or container) that Tether can list and read.
 #[async_trait::async_trait]
 pub trait ObjectSource: Send + Sync + fmt::Debug {
     /// Lists one page of at most `max_keys` objects under `prefix`,
@@ -92,6 +126,10 @@ pub trait ObjectSource: Send + Sync + fmt::Debug {
         token: Option<&str>,
         max_keys: u32,
     ) -> Result<ListPage, StorageError>;
+
+    /// Opens an object for reading, only if its ETag is still `etag` (when
+    /// given): a changed object is [`StorageError::Changed`], never a mix.
+    async fn read(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError>;
 }
 
 /// Builds the [`ObjectSource`] for a request's source, with the

@@ -4,13 +4,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use aws_sdk_s3::config::{
-    IdentityCache, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-};
+use aws_sdk_s3::config::{IdentityCache, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::types::ServerSideEncryption;
 use chrono::DateTime;
 
-use super::{ListPage, ObjectMeta, ObjectSource, StorageError};
+use super::{ListPage, ObjectBody, ObjectMeta, ObjectSource, StorageError};
 use crate::contract::S3Source;
 use crate::credentials::sts::{RoleKey, StsCredentials};
 
@@ -27,11 +26,7 @@ pub struct S3Sources {
 impl S3Sources {
     /// `sdk` is Tether's own AWS configuration (endpoints, HTTP client);
     /// `force_path_style` is `TETHER_S3_FORCE_PATH_STYLE`.
-    pub fn new(
-        sdk: &aws_config::SdkConfig,
-        sts: Arc<StsCredentials>,
-        force_path_style: bool,
-    ) -> Self {
+    pub fn new(sdk: &aws_config::SdkConfig, sts: Arc<StsCredentials>, force_path_style: bool) -> Self {
         let base = aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(force_path_style)
             // Our provider caches with its own margin; the SDK's cache would
@@ -40,48 +35,26 @@ impl S3Sources {
             // S3-compatible stores reject the checksums the SDK adds by default.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        Self {
-            base,
-            sts,
-            default_region: sdk.region().cloned(),
-            clients: Mutex::new(HashMap::new()),
-        }
+        Self { base, sts, default_region: sdk.region().cloned(), clients: Mutex::new(HashMap::new()) }
     }
 
     /// A source for the request's bucket. Assumes the role first, so that a
     /// refusal surfaces here as a clear credentials error.
     pub async fn open(&self, source: &S3Source) -> Result<S3Bucket, StorageError> {
-        let key = RoleKey {
-            role_arn: source.role_arn.clone(),
-            external_id: source.external_id.clone(),
-        };
+        let key = RoleKey { role_arn: source.role_arn.clone(), external_id: source.external_id.clone() };
         self.sts.credentials(&key).await?;
-        let region = source
-            .region
-            .clone()
-            .map(Region::new)
-            .or_else(|| self.default_region.clone());
+        let region = source.region.clone().map(Region::new).or_else(|| self.default_region.clone());
         let region_name = region.as_ref().map(ToString::to_string).unwrap_or_default();
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let client = clients
             .entry((key.clone(), region_name))
             .or_insert_with(|| {
-                let config = self
-                    .base
-                    .clone()
-                    .region(region)
-                    .credentials_provider(self.sts.provider(key))
-                    .build();
+                let config =
+                    self.base.clone().region(region).credentials_provider(self.sts.provider(key)).build();
                 aws_sdk_s3::Client::from_conf(config)
             })
             .clone();
-        Ok(S3Bucket {
-            client,
-            bucket: source.bucket.clone(),
-        })
+        Ok(S3Bucket { client, bucket: source.bucket.clone() })
     }
 }
 
@@ -134,9 +107,74 @@ impl ObjectSource for S3Bucket {
             .collect();
         Ok(ListPage { objects, next })
     }
+
+    async fn read(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {
+        let output = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_if_match(etag.map(|e| format!("\"{e}\"")))
+            .send()
+            .await
+            .map_err(|e| self.classify_read(key, e))?;
+        let size = u64::try_from(output.content_length().unwrap_or(0)).unwrap_or(0);
+        // KMS- and customer-key-encrypted objects have ETags that are not MD5s.
+        let plain = output.sse_customer_algorithm().is_none()
+            && !matches!(
+                output.server_side_encryption(),
+                Some(ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse)
+            );
+        let md5 = output.e_tag().filter(|_| plain).and_then(etag_md5);
+        let url = format!("s3://{}/{key}", self.bucket);
+        let chunks = futures_util::stream::unfold((output.body, url), |(mut body, url)| async move {
+            let next = body.next().await?;
+            let item = next.map_err(|e| StorageError::Unavailable(format!("reading {url} broke off: {e}")));
+            Some((item, (body, url)))
+        });
+        Ok(ObjectBody { size, md5, chunks: Box::pin(chunks) })
+    }
+}
+
+/// The MD5 in a single-part ETag (32 hex digits); multipart ETags end in `-N`.
+fn etag_md5(etag: &str) -> Option<[u8; 16]> {
+    let hex = etag.trim_matches('"');
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut md5 = [0u8; 16];
+    for (i, byte) in md5.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(md5)
 }
 
 impl S3Bucket {
+    fn classify_read<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+        &self,
+        key: &str,
+        error: SdkError<E>,
+    ) -> StorageError {
+        let url = format!("s3://{}/{key}", self.bucket);
+        match &error {
+            SdkError::ServiceError(service) => {
+                match (service.raw().status().as_u16(), service.err().code()) {
+                    (412, _) | (_, Some("PreconditionFailed")) => StorageError::Changed(format!(
+                        "{url} changed after it was listed; requeue the import to copy the new version"
+                    )),
+                    (404, _) | (_, Some("NoSuchKey")) => {
+                        StorageError::ObjectNotFound(format!("{url} was deleted after it was listed"))
+                    }
+                    (403, _) => StorageError::AccessDenied(format!(
+                        "Access denied reading {url}: the role needs s3:GetObject on this object"
+                    )),
+                    _ => self.classify("", error),
+                }
+            }
+            _ => self.classify("", error),
+        }
+    }
+
     fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
         &self,
         prefix: &str,
@@ -164,5 +202,17 @@ impl S3Bucket {
             (_, "SlowDown") | (429, _) | (503, _) => StorageError::Throttled(format!("S3 {status} {code}")),
             _ => StorageError::Unavailable(format!("S3 {status} {code}: {}", service.err().message().unwrap_or_default())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::etag_md5;
+
+    #[test]
+    fn only_single_part_etags_are_md5s() {
+        assert_eq!(etag_md5("\"d41d8cd98f00b204e9800998ecf8427e\"").map(|m| m[0]), Some(0xd4));
+        assert_eq!(etag_md5("d41d8cd98f00b204e9800998ecf8427e-3"), None);
+        assert_eq!(etag_md5("zz1d8cd98f00b204e9800998ecf8427e"), None);
     }
 }

@@ -1,0 +1,127 @@
+//! Where copy mode writes (`TETHER_DESTINATION`): the platform's storage,
+//! written with Tether's own identity, never the customer's. One small trait,
+//! one module per kind of destination.
+//!
+//! Destination keys are derived from (workspace, dataset, source URL), never
+//! joined from the source key: a key such as `../../etc/passwd` is data, and
+//! must not choose where bytes land. Re-copying an object overwrites the same
+//! key.
+
+pub mod file;
+pub mod s3;
+mod verify;
+
+use std::fmt;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+pub use self::verify::verified;
+use crate::storage::{ByteChunks, StorageError};
+
+/// Why a copy could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    #[error("TETHER_DESTINATION is {0}")]
+    BadUrl(String),
+    /// Reading the source failed, or its bytes failed verification.
+    #[error(transparent)]
+    Source(#[from] StorageError),
+    /// The platform's storage refused or failed the write.
+    #[error("writing the copy failed: {0}")]
+    Write(String),
+}
+
+impl DestinationError {
+    /// Whether another attempt may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DestinationError::Source(e) => e.is_transient(),
+            DestinationError::Write(_) => true,
+            DestinationError::BadUrl(_) => false,
+        }
+    }
+
+    /// The contract's failure code (§3).
+    pub fn code(&self) -> &'static str {
+        match self {
+            DestinationError::Source(e) => e.code(),
+            DestinationError::Write(_) | DestinationError::BadUrl(_) => "unavailable",
+        }
+    }
+}
+
+/// The platform's storage.
+#[async_trait::async_trait]
+pub trait Destination: Send + Sync + fmt::Debug {
+    /// Writes the whole stream at `key`, or nothing at all: a stream that
+    /// ends in an error leaves no object behind. Returns the stored URL.
+    async fn write(&self, key: &str, size: u64, chunks: ByteChunks) -> Result<String, DestinationError>;
+}
+
+/// Opens `TETHER_DESTINATION`: `s3://bucket/prefix` or `file:///dir`.
+pub async fn open(
+    url: &str,
+    sdk: &aws_config::SdkConfig,
+    force_path_style: bool,
+    part_bytes: usize,
+) -> Result<Arc<dyn Destination>, DestinationError> {
+    if let Some(path) = url.strip_prefix("file://") {
+        return Ok(Arc::new(file::FileDestination::create(path).await?));
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(DestinationError::BadUrl(format!(
+                "{url:?}, which names no bucket: use s3://bucket/prefix"
+            )));
+        }
+        return Ok(Arc::new(s3::S3Destination::new(sdk, force_path_style, bucket, prefix, part_bytes)));
+    }
+    Err(DestinationError::BadUrl(format!("{url:?}: use s3://bucket/prefix or file:///absolute/dir")))
+}
+
+/// The destination key of a source object: `workspace/dataset/xx/<sha256 of
+/// the source URL>.<ext>`. Workspace and dataset ids were validated (letters,
+/// digits, `._-`, starting with a letter or digit), the rest is hex: no key
+/// can climb out of the destination.
+pub fn object_key(workspace_id: &str, dataset_id: &str, source_url: &str) -> String {
+    let digest = format!("{:x}", Sha256::digest(source_url.as_bytes()));
+    let name = source_url.rsplit('/').next().unwrap_or_default();
+    let extension = name
+        .rsplit_once('.')
+        .map(|(_, ext)| ext.to_ascii_lowercase())
+        .filter(|ext| (1..=10).contains(&ext.len()) && ext.chars().all(|c| c.is_ascii_alphanumeric()))
+        .map(|ext| format!(".{ext}"))
+        .unwrap_or_default();
+    format!("{workspace_id}/{dataset_id}/{}/{digest}{extension}", &digest[..2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::object_key;
+
+    #[test]
+    fn keys_are_derived_and_cannot_escape() {
+        let hostile = [
+            "s3://b/../../etc/passwd",
+            "s3://b//abs/path.jpg",
+            "s3://b/a/../../../x.jpg",
+            "s3://b/nul\0byte.jpg",
+            "s3://b/ctrl\u{1b}[31m.png",
+            "s3://b/back\\slash\\..\\x.jpg",
+            "s3://b/dots/...",
+        ];
+        for url in hostile {
+            let key = object_key("ws", "ds", url);
+            assert!(key.starts_with("ws/ds/"), "{key}");
+            assert!(key.split('/').all(|s| !s.is_empty() && s != "." && s != ".."), "{key}");
+            assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || "./_-".contains(c)), "{key}");
+        }
+        let long = format!("s3://b/{}.jpg", "k".repeat(5000));
+        assert!(object_key("ws", "ds", &long).len() < 160);
+        assert_eq!(object_key("ws", "ds", "s3://b/a.JPG"), object_key("ws", "ds", "s3://b/a.JPG"));
+        assert_ne!(object_key("ws", "ds", "s3://b/a.jpg"), object_key("ws", "ds2", "s3://b/a.jpg"));
+        assert!(object_key("ws", "ds", "s3://b/a.JPG").ends_with(".jpg"));
+    }
+}

@@ -1,0 +1,105 @@
+//! Copy tasks: a bounded batch of objects streamed from the customer's
+//! bucket into the platform's storage, verified on the way, then committed
+//! (references, failures, counts, bytes) in one transaction.
+//!
+//! Objects of all copy tasks in hand share one semaphore, so a worker never
+//! copies more than `TETHER_COPY_CONCURRENCY` objects at once, and its memory
+//! stays within that many multipart parts.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use tether_shared::contract::ImportRequest;
+use tether_shared::db::tasks::{CopyItem, CopyOutcome, FailureRow, TaskContext};
+use tether_shared::db::DbError;
+use tether_shared::destination::{object_key, verified, Destination, DestinationError};
+use tether_shared::storage::ObjectSource;
+use tokio::sync::Semaphore;
+
+use crate::{retry_delay, Outcome, Worker, COPY_NOT_CONFIGURED};
+
+pub(crate) struct Copier {
+    destination: Arc<dyn Destination>,
+    slots: Semaphore,
+    max_attempts: usize,
+}
+
+impl Copier {
+    pub(crate) fn new(destination: Arc<dyn Destination>, concurrency: usize, max_attempts: usize) -> Self {
+        Self { destination, slots: Semaphore::new(concurrency), max_attempts: max_attempts.max(1) }
+    }
+
+    async fn copy_all(
+        &self,
+        source: &dyn ObjectSource,
+        request: &ImportRequest,
+        items: &[CopyItem],
+    ) -> Vec<CopyOutcome> {
+        futures_util::future::join_all(items.iter().map(|item| self.copy_one(source, request, item))).await
+    }
+
+    async fn copy_one(
+        &self,
+        source: &dyn ObjectSource,
+        request: &ImportRequest,
+        item: &CopyItem,
+    ) -> CopyOutcome {
+        let url = request.source.url(&item.key);
+        let key = object_key(&request.workspace_id, &request.dataset_id, &url);
+        let size = u64::try_from(item.size).unwrap_or(0);
+        let attempts = AtomicI32::new(0);
+        let attempt = || async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            let _slot = self.slots.acquire().await.map_err(|e| DestinationError::Write(e.to_string()))?;
+            let body = source.read(&item.key, item.etag.as_deref()).await?;
+            self.destination.write(&key, size, verified(body, size, url.clone())).await
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .with_max_times(self.max_attempts - 1)
+            .with_jitter();
+        let result = attempt
+            .retry(backoff)
+            .when(DestinationError::is_transient)
+            .notify(|error, delay| tracing::debug!(%error, ?delay, "Copy failed; retrying."))
+            .await;
+        let result = result.map_err(|error| FailureRow {
+            source_url: url.clone(),
+            code: error.code(),
+            message: error.to_string(),
+            attempts: attempts.load(Ordering::Relaxed),
+        });
+        CopyOutcome { item: item.clone(), result }
+    }
+}
+
+impl Worker {
+    /// Copies one batch and commits it.
+    pub(crate) async fn copy(&self, task: &TaskContext, items: &[CopyItem]) -> Result<Outcome, DbError> {
+        let Some(copier) = &self.copier else {
+            self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED).await?;
+            return Ok(Outcome::Done);
+        };
+        let source = match self.sources.open(&task.request.source).await {
+            Ok(source) => source,
+            Err(error) if error.is_transient() => {
+                let attempts = self.store.record_attempt(task.message).await?;
+                tracing::warn!(%error, attempts, "Cannot reach the source; retrying the copy task later.");
+                return Ok(Outcome::Retry(retry_delay(attempts)));
+            }
+            Err(error) => {
+                self.fail_import(task, &error).await?;
+                return Ok(Outcome::Done);
+            }
+        };
+        let outcomes = copier.copy_all(source.as_ref(), &task.request, items).await;
+        let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+        if self.store.commit_copies(task, &outcomes).await? {
+            tracing::debug!(copied = outcomes.len() - failed, failed, "Copy batch committed.");
+        }
+        Ok(Outcome::Done)
+    }
+}
