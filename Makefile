@@ -12,6 +12,7 @@ build:
 
 test: services
 	scripts/services.sh test-tools
+	scripts/services.sh clean-tests
 	scripts/check-deploy.sh
 	set -a; eval "$$(scripts/services.sh env)"; \
 	if cargo nextest --version >/dev/null 2>&1; then \

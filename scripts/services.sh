@@ -147,6 +147,18 @@ test_tools() {
   else apt_install --no-install-recommends prometheus; say "promtool: installed"; fi
 }
 
+# Test runs delete their virtual hosts and databases; this removes what a
+# killed run left behind (RabbitMQ slows down under many idle quorum queues).
+clean_tests() {
+  local vhosts dbs
+  vhosts=$(curl -fsS -u guest:guest "http://127.0.0.1:15672/api/vhosts?columns=name" |
+    python3 -c 'import json,sys; print("\n".join(v["name"] for v in json.load(sys.stdin) if v["name"].startswith("tether-t-")))')
+  for v in $vhosts; do curl -fsS -o /dev/null -u guest:guest -X DELETE "http://127.0.0.1:15672/api/vhosts/$v" || true; done
+  dbs=$(psql -X -tA postgres://tether:tether@127.0.0.1:5432/tether -c "select datname from pg_database where datname like 'tether\_t\_%'")
+  for d in $dbs; do psql -X -q postgres://tether:tether@127.0.0.1:5432/tether -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" || true; done
+  say "test leftovers: removed $(wc -w <<<"$vhosts") virtual hosts, $(wc -w <<<"$dbs") databases"
+}
+
 print_env() {
   cat <<'EOF'
 export TETHER_TEST_DATABASE_URL=postgres://tether:tether@127.0.0.1:5432/tether
@@ -167,5 +179,6 @@ case "${1:-}" in
   env) print_env ;;
   bench-tools) bench_tools ;;
   test-tools) test_tools ;;
-  *) echo "usage: $0 start|stop|env|bench-tools|test-tools" >&2; exit 2 ;;
+  clean-tests) clean_tests ;;
+  *) echo "usage: $0 start|stop|env|bench-tools|test-tools|clean-tests" >&2; exit 2 ;;
 esac

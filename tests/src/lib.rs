@@ -423,6 +423,34 @@ impl TestEnv {
     }
 }
 
+/// Deletes the test's virtual host and database, even when the test failed:
+/// RabbitMQ slows down under hundreds of idle quorum queues.
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let id = self.id.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(async {
+                    let _ = vhost_request(reqwest::Method::DELETE, &id).await;
+                    if let Ok((client, connection)) = tokio_postgres::connect(
+                        &service_var("TETHER_TEST_DATABASE_URL"),
+                        tokio_postgres::NoTls,
+                    )
+                    .await
+                    {
+                        tokio::spawn(connection);
+                        let _ = client
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS tether_t_{id} WITH (FORCE)"))
+                            .await;
+                    }
+                });
+            }
+        });
+        let _ = cleanup.join();
+    }
+}
+
 /// Schedulers and workers running in this process.
 #[derive(Debug)]
 pub struct Fleet {
@@ -477,31 +505,44 @@ async fn create_database(id: &str) -> String {
     with_path(&admin_url, &name)
 }
 
-async fn create_vhost(id: &str) -> String {
+/// The management API's base URL and credentials.
+fn rabbitmq_api() -> (String, String, String) {
     let api = reqwest::Url::parse(&service_var("TETHER_TEST_RABBITMQ_API"))
         .expect("TETHER_TEST_RABBITMQ_API is a URL");
-    let user = api.username().to_owned();
-    let password = api.password().unwrap_or_default().to_owned();
-    let vhost = format!("tether-t-{id}");
-    let http = reqwest::Client::new();
     let base = format!(
         "{}://{}:{}",
         api.scheme(),
         api.host_str().unwrap_or("127.0.0.1"),
         api.port().unwrap_or(15672)
     );
-    for (url, body) in [
-        (format!("{base}/api/vhosts/{vhost}"), json!({})),
-        (
-            format!("{base}/api/permissions/{vhost}/{user}"),
-            json!({"configure": ".*", "write": ".*", "read": ".*"}),
-        ),
-    ] {
-        let response =
-            http.put(&url).basic_auth(&user, Some(&password)).json(&body).send().await.unwrap_or_else(|e| {
-                panic!("the RabbitMQ management API is not reachable (is rabbitmq_management enabled?): {e}")
-            });
-        assert!(response.status().is_success(), "RabbitMQ refused {url}: {}", response.status());
-    }
+    (base, api.username().to_owned(), api.password().unwrap_or_default().to_owned())
+}
+
+async fn vhost_request(method: reqwest::Method, id: &str) -> Result<reqwest::Response, reqwest::Error> {
+    let (base, user, password) = rabbitmq_api();
+    reqwest::Client::new()
+        .request(method, format!("{base}/api/vhosts/tether-t-{id}"))
+        .basic_auth(user, Some(password))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+}
+
+async fn create_vhost(id: &str) -> String {
+    let (base, user, password) = rabbitmq_api();
+    let vhost = format!("tether-t-{id}");
+    let response = vhost_request(reqwest::Method::PUT, id).await.unwrap_or_else(|e| {
+        panic!("the RabbitMQ management API is not reachable (is rabbitmq_management enabled?): {e}")
+    });
+    assert!(response.status().is_success(), "RabbitMQ refused to create {vhost}: {}", response.status());
+    let url = format!("{base}/api/permissions/{vhost}/{user}");
+    let response = reqwest::Client::new()
+        .put(&url)
+        .basic_auth(&user, Some(&password))
+        .json(&json!({"configure": ".*", "write": ".*", "read": ".*"}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("the RabbitMQ management API is not reachable: {e}"));
+    assert!(response.status().is_success(), "RabbitMQ refused {url}: {}", response.status());
     with_path(&service_var("TETHER_TEST_AMQP_URL"), &vhost)
 }

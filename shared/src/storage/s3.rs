@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use aws_sdk_s3::config::{IdentityCache, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::types::ServerSideEncryption;
+use aws_sdk_s3::types::{EncodingType, ServerSideEncryption};
 use chrono::DateTime;
+use percent_encoding::percent_decode_str;
 
 use super::{ListPage, ObjectBody, ObjectMeta, ObjectSource, StorageError};
 use crate::contract::S3Source;
@@ -80,6 +81,9 @@ impl ObjectSource for S3Bucket {
             .prefix(prefix)
             .max_keys(i32::try_from(max_keys).unwrap_or(1000))
             .set_continuation_token(token.map(str::to_owned))
+            // Keys may hold characters XML cannot carry (control characters):
+            // S3 then sends them URL-encoded.
+            .encoding_type(EncodingType::Url)
             .send()
             .await
             .map_err(|e| self.classify(prefix, e))?;
@@ -96,7 +100,7 @@ impl ObjectSource for S3Bucket {
             .iter()
             .filter_map(|o| {
                 Some(ObjectMeta {
-                    key: o.key()?.to_owned(),
+                    key: percent_decode_str(o.key()?).decode_utf8_lossy().into_owned(),
                     size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
                     etag: o.e_tag().map(|e| e.trim_matches('"').to_owned()),
                     last_modified: o

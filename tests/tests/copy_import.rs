@@ -1,0 +1,267 @@
+//! Copy-mode imports: bytes land in the platform's storage byte for byte,
+//! verified, with exact counts, and nothing lands outside the destination.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tether_tests::TestEnv;
+
+/// Deterministic but varied bytes for an object.
+fn body(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i * 31 + j * 7 + j / 251) as u8).collect()
+}
+
+fn copy_request(env: &TestEnv, dataset: &str, prefixes: &[&str]) -> Value {
+    let mut request = env.request(dataset, prefixes);
+    request["mode"] = json!("copy");
+    request
+}
+
+/// Seeds `n` objects of varied sizes under `prefix`; returns key → bytes.
+async fn seed(env: &TestEnv, prefix: &str, n: usize) -> BTreeMap<String, Vec<u8>> {
+    let objects: BTreeMap<String, Vec<u8>> =
+        (0..n).map(|i| (format!("{prefix}img_{i:03}.jpg"), body(i, 1000 + i * 997 % 70_000))).collect();
+    futures_util::future::join_all(objects.iter().map(|(k, v)| env.put(k, v))).await;
+    objects
+}
+
+async fn read_stored(env: &TestEnv, stored_url: &str) -> Vec<u8> {
+    if let Some(path) = stored_url.strip_prefix("file://") {
+        return std::fs::read(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    }
+    let rest = stored_url.strip_prefix("s3://").expect("an s3:// or file:// URL");
+    let (bucket, key) = rest.split_once('/').expect("bucket/key");
+    env.get(bucket, key).await
+}
+
+/// Every source object of the dataset is stored, byte for byte.
+async fn assert_copied(
+    env: &TestEnv,
+    dataset: &str,
+    objects: &BTreeMap<String, Vec<u8>>,
+    stored_prefix: &str,
+) {
+    let stored = env.stored(dataset).await;
+    assert_eq!(stored.len(), objects.len());
+    for (key, bytes) in objects {
+        let url = format!("s3://{}/{key}", env.bucket);
+        let (storage, stored_url) = &stored[&url];
+        assert_eq!(storage, "copy");
+        let stored_url = stored_url.as_deref().expect("copies have a stored_url");
+        assert!(stored_url.starts_with(stored_prefix), "{stored_url} outside {stored_prefix}");
+        assert_eq!(&read_stored(env, stored_url).await, bytes, "{key} differs from its copy");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_a_multi_page_prefix_into_s3_byte_for_byte() {
+    let env = TestEnv::new().await;
+    let objects = seed(&env, "cp/", 37).await;
+    env.put("cp/too-big.jpg", &body(99, 300_000)).await;
+    env.put("cp/notes.txt", b"not an image").await;
+    let destination = env.destination_bucket().await;
+    let mut worker = env.worker_config();
+    worker.page_size = 6;
+    worker.destination = Some(format!("s3://{destination}/platform/copies"));
+    let fleet = env.start(vec![env.scheduler_config()], vec![worker.clone(), worker]).await;
+
+    let request = || {
+        let mut r = copy_request(&env, "copy-s3", &["cp/"]);
+        r["filter"] = json!({"max_object_bytes": 200_000});
+        r
+    };
+    let id = env.submit(&request()).await;
+    let status = env.wait_final(id).await;
+    assert_eq!(status["state"], "partially_succeeded", "{status}");
+    assert_eq!(status["objects_listed"], 39);
+    assert_eq!(status["objects_imported"], 37);
+    assert_eq!(status["objects_skipped"], 1);
+    assert_eq!(status["objects_failed"], 1);
+    let total: usize = objects.values().map(Vec::len).sum();
+    assert_eq!(status["bytes_copied"], total as i64);
+    assert_eq!(
+        env.failures(id).await,
+        vec![(format!("s3://{}/cp/too-big.jpg", env.bucket), "too_large".into())]
+    );
+    assert_copied(&env, "copy-s3", &objects, &format!("s3://{destination}/platform/copies/ws-test/copy-s3/"))
+        .await;
+
+    // Re-import: nothing copied again; then one object changes.
+    let again = env.wait_final(env.submit(&request()).await).await;
+    assert_eq!(again["objects_imported"], 0, "{again}");
+    assert_eq!(again["objects_skipped"], 38, "{again}");
+    assert_eq!(again["bytes_copied"], 0);
+    let changed = body(1234, 4321);
+    env.put("cp/img_005.jpg", &changed).await;
+    let third = env.wait_final(env.submit(&request()).await).await;
+    assert_eq!(third["state"], "partially_succeeded", "{third}");
+    assert_eq!((third["objects_imported"].as_i64(), third["objects_skipped"].as_i64()), (Some(1), Some(37)));
+    assert_eq!(third["bytes_copied"], 4321);
+    let mut expected = objects.clone();
+    expected.insert("cp/img_005.jpg".into(), changed);
+    assert_copied(&env, "copy-s3", &expected, &format!("s3://{destination}/platform/copies/")).await;
+
+    // A link import over copies leaves them in place and counts them skipped.
+    let mut link = request();
+    link["mode"] = json!("link");
+    let link = env.wait_final(env.submit(&link).await).await;
+    assert_eq!(
+        (link["objects_imported"].as_i64(), link["objects_skipped"].as_i64()),
+        (Some(0), Some(38)),
+        "{link}"
+    );
+    assert_copied(&env, "copy-s3", &expected, &format!("s3://{destination}/")).await;
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_into_a_directory_and_over_links() {
+    let env = TestEnv::new().await;
+    let objects = seed(&env, "dir/", 23).await;
+    let dir = env.destination_dir();
+    let mut worker = env.worker_config();
+    worker.page_size = 5;
+    worker.destination = Some(format!("file://{}", dir.display()));
+    let fleet = env.start(vec![env.scheduler_config()], vec![worker]).await;
+
+    // First linked, then copied: the copy import copies them all.
+    let link = env.wait_final(env.submit(&env.request("copy-file", &["dir/"])).await).await;
+    assert_eq!(link["objects_imported"], 23);
+    let copy = env.wait_final(env.submit(&copy_request(&env, "copy-file", &["dir/"])).await).await;
+    assert_eq!(copy["state"], "succeeded", "{copy}");
+    assert_eq!(copy["objects_imported"], 23);
+    assert_eq!(copy["bytes_copied"], objects.values().map(Vec::len).sum::<usize>() as i64);
+    assert_copied(&env, "copy-file", &objects, &format!("file://{}/", dir.display())).await;
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_object_is_copied_intact_through_multipart() {
+    let env = TestEnv::new().await;
+    let big = body(7, 105 * 1024 * 1024); // 105 MiB: 21 parts of 5 MiB
+    env.put("big/huge.tif", &big).await;
+    let destination = env.destination_bucket().await;
+    let mut worker = env.worker_config();
+    worker.destination = Some(format!("s3://{destination}"));
+    let fleet = env.start(vec![env.scheduler_config()], vec![worker]).await;
+    let mut request = copy_request(&env, "copy-big", &["big/"]);
+    request["filter"] = json!({"max_object_bytes": 200 * 1024 * 1024});
+    let status = env.wait_final_within(env.submit(&request).await, Duration::from_secs(300)).await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["bytes_copied"], big.len() as i64);
+    let stored = env.stored("copy-big").await;
+    let (_, url) = stored.values().next().expect("one image");
+    let rest = url.as_deref().and_then(|u| u.strip_prefix("s3://")).expect("an s3 URL");
+    let (bucket, key) = rest.split_once('/').expect("bucket/key");
+    let head = env.s3.head_object().bucket(bucket).key(key).send().await.expect("head");
+    assert!(
+        head.e_tag().is_some_and(|e| e.trim_matches('"').ends_with("-21")),
+        "not multipart: {:?}",
+        head.e_tag()
+    );
+    assert!(env.get(bucket, key).await == big, "the copy differs from the source");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn objects_changed_or_deleted_between_listing_and_copy_fail_with_their_code() {
+    let env = TestEnv::new().await;
+    let objects = seed(&env, "race/", 12).await;
+    let dir = env.destination_dir();
+    let mut lister = env.worker_config();
+    lister.kinds = vec!["list".into()];
+    lister.destination = Some(format!("file://{}", dir.display()));
+    let fleet = env.start(vec![env.scheduler_config()], vec![lister.clone()]).await;
+    let id = env.submit(&copy_request(&env, "race", &["race/"])).await;
+    // Listed, not yet copied: no worker takes copy tasks.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env.status(id).await.is_none_or(|s| s["objects_listed"] != 12) {
+        assert!(tokio::time::Instant::now() < deadline, "not listed in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.put("race/img_003.jpg", b"rewritten after listing").await;
+    env.delete("race/img_007.jpg").await;
+    let mut copier = lister;
+    copier.kinds = vec!["copy".into()];
+    let copiers = env.start(vec![], vec![copier]).await;
+
+    let status = env.wait_final(id).await;
+    assert_eq!(status["state"], "partially_succeeded", "{status}");
+    assert_eq!((status["objects_imported"].as_i64(), status["objects_failed"].as_i64()), (Some(10), Some(2)));
+    let expected_bytes: usize = objects
+        .iter()
+        .filter(|(k, _)| !k.ends_with("003.jpg") && !k.ends_with("007.jpg"))
+        .map(|(_, v)| v.len())
+        .sum();
+    assert_eq!(status["bytes_copied"], expected_bytes as i64);
+    let bucket = &env.bucket;
+    assert_eq!(
+        env.failures(id).await,
+        vec![
+            (format!("s3://{bucket}/race/img_003.jpg"), "changed_during_copy".into()),
+            (format!("s3://{bucket}/race/img_007.jpg"), "not_found".into()),
+        ]
+    );
+    copiers.stop().await;
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_keys_cannot_place_bytes_outside_the_destination() {
+    let env = TestEnv::new().await;
+    let keys = [
+        "esc/../../../../tmp/escaped.jpg",
+        "esc/..\\..\\windows.jpg",
+        "esc//double//slash.jpg",
+        "esc/./dot.jpg",
+        "esc/ctrl\u{1}\u{1b}[31m.jpg",
+        "esc/spaces and ünïcödé.jpg",
+        "esc/../esc/loop.jpg",
+    ];
+    let long = format!("esc/{}.jpg", "x/".repeat(500));
+    let mut objects: BTreeMap<String, Vec<u8>> =
+        keys.iter().enumerate().map(|(i, k)| ((*k).to_owned(), body(i, 100 + i))).collect();
+    objects.insert(long, body(50, 77));
+    futures_util::future::join_all(objects.iter().map(|(k, v)| env.put(k, v))).await;
+    let dir = env.destination_dir().join("root");
+    let mut worker = env.worker_config();
+    worker.destination = Some(format!("file://{}", dir.display()));
+    let fleet = env.start(vec![env.scheduler_config()], vec![worker]).await;
+    let status = env.wait_final(env.submit(&copy_request(&env, "hostile", &["esc/"])).await).await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["objects_imported"], objects.len() as i64);
+    assert_copied(&env, "hostile", &objects, &format!("file://{}/", dir.display())).await;
+    // Every file is under the destination root, and nothing else appeared.
+    let mut files = Vec::new();
+    collect_files(dir.parent().expect("parent"), &mut files);
+    assert_eq!(files.len(), objects.len(), "{files:?}");
+    for file in files {
+        let canonical = file.canonicalize().expect("canonical");
+        assert!(canonical.starts_with(dir.canonicalize().expect("root")), "{} escaped", canonical.display());
+    }
+    fleet.stop().await;
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copy_without_a_destination_fails_with_a_sentence() {
+    let env = TestEnv::new().await;
+    env.put("nd/a.jpg", b"a").await;
+    let fleet = env.start_default(1).await;
+    let status = env.wait_final(env.submit(&copy_request(&env, "nodest", &["nd/"])).await).await;
+    assert_eq!(status["state"], "failed");
+    assert!(status["error"].as_str().is_some_and(|e| e.contains("TETHER_DESTINATION")), "{status}");
+    fleet.stop().await;
+}
