@@ -27,6 +27,7 @@ demo: services build
 # Benchmarks (release build) against the same services; results in bench/results/.
 bench: services
 	scripts/services.sh bench-tools
+	cargo build --release --bins
 	set -a; eval "$$(scripts/services.sh env)"; cargo run --release -p tether-bench
 
 fmt:

@@ -220,15 +220,18 @@ impl TestEnv {
         }
         let fleet = Fleet { token, handles };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while self.query("SELECT to_regclass('tether.import_status')::text", &[]).await[0]
-            .get::<_, Option<String>>(0)
-            .is_none()
-        {
+        while !self.schema_ready().await {
             fleet.assert_running();
             assert!(tokio::time::Instant::now() < deadline, "no schema 30 s after the schedulers started");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         fleet
+    }
+
+    /// Whether a scheduler has applied the migrations.
+    pub async fn schema_ready(&self) -> bool {
+        let row = self.query("SELECT to_regclass('tether.import_status')::text", &[]).await;
+        row[0].get::<_, Option<String>>(0).is_some()
     }
 
     /// One scheduler and `workers` workers with the test defaults.
