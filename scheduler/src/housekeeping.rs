@@ -9,9 +9,12 @@
 
 use std::time::{Duration, Instant};
 
+use tether_shared::contract::{REJECTED_QUEUE, REQUEST_QUEUE};
+use tether_shared::db::imports::STATES;
 use tether_shared::db::Store;
 use tether_shared::queue::{Publisher, QueueError};
-use tether_shared::task::TaskKind;
+use tether_shared::task::{TaskKind, REQUEST_DEAD_LETTER_QUEUE, TASK_DEAD_LETTER_QUEUE};
+use tether_shared::telemetry::metrics;
 use tokio_util::sync::CancellationToken;
 
 use crate::SchedulerError;
@@ -20,17 +23,29 @@ use crate::SchedulerError;
 const BATCH: i64 = 500;
 /// How often the same outbox complaint may be logged.
 const COMPLAINT_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the gauges (imports by state, ages, queue depths) are read.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(10);
+/// The queues whose depth operators watch.
+const WATCHED_QUEUES: [&str; 6] = [
+    REQUEST_QUEUE,
+    REJECTED_QUEUE,
+    REQUEST_DEAD_LETTER_QUEUE,
+    TASK_DEAD_LETTER_QUEUE,
+    "tether.tasks",
+    "tether.copy-tasks",
+];
 
 pub(crate) struct Keeper {
     store: Store,
     publisher: Publisher,
     republish_after_secs: f64,
     last_complaint: Option<Instant>,
+    last_gauges: Option<Instant>,
 }
 
 impl Keeper {
     pub(crate) fn new(store: Store, publisher: Publisher, republish_after_secs: f64) -> Self {
-        Self { store, publisher, republish_after_secs, last_complaint: None }
+        Self { store, publisher, republish_after_secs, last_complaint: None, last_gauges: None }
     }
 
     pub(crate) async fn run(mut self, tick: Duration, stop: CancellationToken) {
@@ -47,6 +62,10 @@ impl Keeper {
 
     async fn pass(&mut self) -> Result<(), SchedulerError> {
         self.store.finish_ready_imports().await?;
+        if self.last_gauges.is_none_or(|t| t.elapsed() >= GAUGE_INTERVAL) {
+            self.last_gauges = Some(Instant::now());
+            self.read_gauges().await?;
+        }
         let lost = self.store.tasks_to_republish(self.republish_after_secs, BATCH).await?;
         if !lost.is_empty() {
             tracing::warn!(tasks = lost.len(), "Re-publishing tasks whose message may have been lost.");
@@ -58,6 +77,24 @@ impl Keeper {
             }
         }
         self.publish_events().await
+    }
+
+    /// Sets the gauges that only Postgres and the broker know.
+    async fn read_gauges(&self) -> Result<(), SchedulerError> {
+        let m = metrics();
+        let gauges = self.store.gauges().await?;
+        for state in STATES {
+            let count = gauges.by_state.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+            m.imports.with_label_values(&[state]).set(count);
+        }
+        m.imports_overdue.set(gauges.overdue);
+        m.oldest_running_import_age.set(gauges.oldest_running_age_secs);
+        m.oldest_pending_task_age.set(gauges.oldest_pending_task_age_secs);
+        for queue in WATCHED_QUEUES {
+            let depth = self.publisher.queue_depth(queue).await?;
+            m.queue_messages.with_label_values(&[queue]).set(i64::from(depth));
+        }
+        Ok(())
     }
 
     async fn publish_events(&mut self) -> Result<(), SchedulerError> {

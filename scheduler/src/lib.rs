@@ -19,6 +19,7 @@ use tether_shared::config::CommonConfig;
 use tether_shared::contract::{ValidationOptions, REQUEST_QUEUE};
 use tether_shared::db::{DbError, Store};
 use tether_shared::queue::{self, Publisher, QueueError};
+use tether_shared::telemetry::{self, Readiness};
 use tokio_util::sync::CancellationToken;
 
 /// The scheduler's configuration (environment variables, or flags).
@@ -50,6 +51,8 @@ pub enum SchedulerError {
     ConsumerLost(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("cannot serve metrics on TETHER_METRICS_ADDR: {0}")]
+    Metrics(std::io::Error),
 }
 
 /// Runs a scheduler until `shutdown` is cancelled.
@@ -61,6 +64,10 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
     store.migrate().await?;
     let connection = queue::connect(&config.common.amqp_url, "tether-scheduler").await?;
     queue::declare_topology(&connection).await?;
+    if let Some(addr) = config.common.metrics_addr {
+        let ready = Readiness { store: store.clone(), amqp: connection.status().clone() };
+        telemetry::serve(addr, ready, shutdown.clone()).await.map_err(SchedulerError::Metrics)?;
+    }
     let publisher = Publisher::new(&connection).await?;
     let channel = queue::consumer_channel(&connection, 16).await?;
     let mut consumer = channel

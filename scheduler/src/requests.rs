@@ -10,12 +10,13 @@ use backon::{ExponentialBuilder, Retryable};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tether_shared::contract::{
-    parse_request, CancelRequest, Rejection, ValidRequest, ValidationOptions, ROUTING_CANCEL,
+    parse_request, CancelRequest, Rejection, ValidRequest, ValidationOptions, REQUEST_QUEUE, ROUTING_CANCEL,
 };
 use tether_shared::db::imports::{Cancelled, Recorded};
 use tether_shared::db::{DbError, Store};
 use tether_shared::queue::{Publisher, QueueError};
 use tether_shared::task::TaskKind;
+use tether_shared::telemetry::metrics;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,9 @@ impl Handler {
     }
 
     pub(crate) async fn handle(&self, delivery: Delivery, shutdown: &CancellationToken) {
+        let m = metrics();
+        m.amqp_messages.with_label_values(&[REQUEST_QUEUE, "consumed"]).inc();
+        let timer = m.request_duration.start_timer();
         let backoff = ExponentialBuilder::default()
             .with_jitter()
             .with_max_delay(Duration::from_secs(30))
@@ -47,11 +51,15 @@ impl Handler {
             .when(|_| !shutdown.is_cancelled())
             .notify(|error, delay| tracing::warn!(%error, ?delay, "Cannot handle a request yet; retrying."))
             .await;
-        let sent = match result {
-            Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+        let (sent, action) = match result {
+            Ok(()) => (delivery.ack(BasicAckOptions::default()).await, "acked"),
             // Shutting down mid-outage: hand the request back untouched.
-            Err(_) => delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+            Err(_) => {
+                (delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await, "requeued")
+            }
         };
+        timer.observe_duration();
+        m.amqp_messages.with_label_values(&[REQUEST_QUEUE, action]).inc();
         if !matches!(sent, Ok(true)) {
             tracing::warn!("Could not settle a request message; the broker will redeliver it.");
         }
@@ -125,6 +133,7 @@ impl Handler {
 
     async fn reject(&self, delivery: &Delivery, reason: &str) -> Result<(), HandleError> {
         tracing::warn!(reason, "Request rejected.");
+        metrics().amqp_messages.with_label_values(&[REQUEST_QUEUE, "rejected"]).inc();
         self.publisher.publish_rejected(&delivery.data, &delivery.properties, reason).await?;
         Ok(())
     }

@@ -194,6 +194,19 @@ impl Publisher {
         self.publish(EXCHANGE, ROUTING_FINISHED, body, json_properties()).await
     }
 
+    /// Messages ready in a queue Tether declared.
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32, QueueError> {
+        let declared = self
+            .channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(declared.message_count())
+    }
+
     /// Publishes an ImportRequest or a cancel as the platform would.
     pub async fn publish_request(&self, routing_key: &str, body: &[u8]) -> Result<(), QueueError> {
         self.publish(EXCHANGE, routing_key, body, json_properties()).await

@@ -18,7 +18,9 @@ use tether_shared::destination::{object_key, verified, Destination, DestinationE
 use tether_shared::storage::ObjectSource;
 use tokio::sync::Semaphore;
 
-use crate::{retry_delay, Outcome, Worker, COPY_NOT_CONFIGURED};
+use tether_shared::telemetry::metrics;
+
+use crate::{counter, retry_delay, Outcome, Worker, COPY_NOT_CONFIGURED};
 
 pub(crate) struct Copier {
     destination: Arc<dyn Destination>,
@@ -99,6 +101,18 @@ impl Worker {
         let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
         if self.store.commit_copies(task, &outcomes).await? {
             tracing::debug!(copied = outcomes.len() - failed, failed, "Copy batch committed.");
+            let m = metrics();
+            let provider = task.request.source.provider();
+            let labels = [provider, "copy"];
+            m.objects_imported.with_label_values(&labels).inc_by((outcomes.len() - failed) as u64);
+            for outcome in &outcomes {
+                match &outcome.result {
+                    Ok(_) => m.bytes_copied.with_label_values(&[provider]).inc_by(counter(outcome.item.size)),
+                    Err(failure) => {
+                        m.objects_failed.with_label_values(&[provider, "copy", failure.code]).inc()
+                    }
+                }
+            }
         }
         Ok(Outcome::Done)
     }

@@ -34,6 +34,7 @@ use tether_shared::queue::{self, Publisher, QueueError};
 use tether_shared::storage::s3::S3Sources;
 use tether_shared::storage::Sources;
 use tether_shared::task::{TaskKind, TaskMessage};
+use tether_shared::telemetry::{self, metrics, Readiness};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -102,6 +103,8 @@ pub enum WorkerError {
     Destination(#[from] DestinationError),
     #[error("the task consumer stopped: {0}")]
     ConsumerLost(String),
+    #[error("cannot serve metrics on TETHER_METRICS_ADDR: {0}")]
+    Metrics(std::io::Error),
 }
 
 /// What became of one task message.
@@ -127,6 +130,10 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     };
     let connection = queue::connect(&config.common.amqp_url, "tether-worker").await?;
     queue::declare_topology(&connection).await?;
+    if let Some(addr) = config.common.metrics_addr {
+        let ready = Readiness { store: store.clone(), amqp: connection.status().clone() };
+        telemetry::serve(addr, ready, shutdown.clone()).await.map_err(WorkerError::Metrics)?;
+    }
     let publisher = Publisher::new(&connection).await?;
     let sts = Arc::new(StsCredentials::new(
         aws_sdk_sts::Client::new(&sdk),
@@ -217,13 +224,28 @@ const COPY_NOT_CONFIGURED: &str = "Copy mode is not configured on this Tether in
 
 impl Worker {
     async fn handle(&self, kind: TaskKind, delivery: Delivery) {
+        let m = metrics();
+        let queue = kind.queue();
+        m.amqp_messages.with_label_values(&[queue, "consumed"]).inc();
+        let in_flight = m.tasks_in_flight.with_label_values(&[kind.as_str()]);
+        in_flight.inc();
+        let timer = m.task_duration.with_label_values(&[kind.as_str()]).start_timer();
         let outcome = match serde_json::from_slice::<TaskMessage>(&delivery.data) {
             Ok(message) => self.process(kind, message).await,
             Err(error) => {
-                tracing::error!(%error, queue = kind.queue(), "Unreadable task message; dead-lettering it.");
+                tracing::error!(%error, queue, "Unreadable task message; dead-lettering it.");
                 Outcome::GiveUp
             }
         };
+        timer.observe_duration();
+        in_flight.dec();
+        let (name, action) = match outcome {
+            Outcome::Done => ("done", "acked"),
+            Outcome::Retry(_) => ("retry", "requeued"),
+            Outcome::GiveUp => ("give_up", "dead_lettered"),
+        };
+        m.task_outcomes.with_label_values(&[kind.as_str(), name]).inc();
+        m.amqp_messages.with_label_values(&[queue, action]).inc();
         let sent = match outcome {
             Outcome::Done => delivery.ack(BasicAckOptions::default()).await,
             Outcome::Retry(delay) => {
@@ -274,4 +296,9 @@ fn retry_delay(attempts: i32) -> Duration {
         .with_jitter()
         .build();
     delays.nth(usize::try_from(attempts.max(1) - 1).unwrap_or(0)).unwrap_or(Duration::from_secs(60))
+}
+
+/// A non-negative count for a Prometheus counter.
+fn counter(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
 }

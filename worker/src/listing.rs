@@ -8,7 +8,9 @@ use tether_shared::db::DbError;
 use tether_shared::storage::StorageError;
 use tether_shared::task::{TaskKind, TaskMessage};
 
-use crate::{page, retry_delay, Outcome, Worker, COPY_NOT_CONFIGURED};
+use tether_shared::telemetry::metrics;
+
+use crate::{counter, page, retry_delay, Outcome, Worker, COPY_NOT_CONFIGURED};
 
 impl Worker {
     /// Lists and commits one page of a task.
@@ -41,6 +43,19 @@ impl Worker {
                     copy_tasks = copies.len(),
                     "Page committed."
                 );
+                let m = metrics();
+                let (provider, mode) = (task.request.source.provider(), task.request.mode.as_str());
+                m.objects_listed.with_label_values(&[provider, mode]).inc_by(counter(result.listed));
+                m.objects_imported.with_label_values(&[provider, mode]).inc_by(counter(imported));
+                m.objects_skipped
+                    .with_label_values(&[provider, mode, "filtered"])
+                    .inc_by(counter(result.filtered));
+                m.objects_skipped
+                    .with_label_values(&[provider, mode, "unchanged"])
+                    .inc_by(counter(unchanged));
+                for failure in &result.failures {
+                    m.objects_failed.with_label_values(&[provider, mode, failure.code]).inc();
+                }
                 if !copies.is_empty() {
                     self.publish(TaskKind::Copy, &copies).await;
                 }

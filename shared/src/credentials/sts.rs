@@ -16,6 +16,7 @@ use aws_credential_types::Credentials;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 
 use super::CredentialError;
+use crate::telemetry::metrics;
 
 /// Contract §2: Tether asks for 6-hour sessions...
 pub const SESSION_SECONDS: i32 = 21_600;
@@ -71,12 +72,20 @@ impl StsCredentials {
         let slot = self.slot(key);
         let mut session = slot.lock().await;
         if let Some(s) = session.as_ref() {
-            if SystemTime::now() + self.refresh_margin < s.expires {
+            let left = s.expires.duration_since(SystemTime::now()).unwrap_or_default();
+            metrics()
+                .credential_expiry
+                .with_label_values(&["s3"])
+                .set(i64::try_from(left.as_secs()).unwrap_or(i64::MAX));
+            if left > self.refresh_margin {
                 return Ok(s.credentials.clone());
             }
         }
         let seconds = session.as_ref().map_or(SESSION_SECONDS, |s| s.seconds);
-        let fresh = self.assume(key, seconds).await?;
+        let fresh = self.assume(key, seconds).await.inspect_err(|_| {
+            metrics().credential_refresh_failures.with_label_values(&["s3"]).inc();
+        })?;
+        metrics().credential_refreshes.with_label_values(&["s3"]).inc();
         let credentials = fresh.credentials.clone();
         *session = Some(fresh);
         Ok(credentials)

@@ -31,6 +31,18 @@ pub enum Cancelled {
 }
 
 const FINAL_STATES: [&str; 4] = ["succeeded", "partially_succeeded", "failed", "cancelled"];
+/// Every state an import can be in.
+pub const STATES: [&str; 6] =
+    ["queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled"];
+
+/// What the scheduler's gauges show.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub by_state: Vec<(String, i64)>,
+    pub overdue: i64,
+    pub oldest_running_age_secs: i64,
+    pub oldest_pending_task_age_secs: i64,
+}
 
 impl Store {
     /// Records a new import and its listing tasks in one transaction.
@@ -221,6 +233,38 @@ impl Store {
         tx.commit().await?;
         tracing::info!(%import_id, state, "Import finished.");
         Ok(true)
+    }
+
+    /// Imports by state, overdue imports, and the ages operators watch.
+    pub async fn gauges(&self) -> Result<Gauges, DbError> {
+        let client = self.client().await?;
+        let by_state = client
+            .query("SELECT state, count(*) FROM tether.imports GROUP BY state", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE now() > deadline_at),
+                        coalesce(extract(epoch FROM now() - min(created_at)), 0)::int8
+                 FROM tether.imports WHERE state IN ('queued', 'running')",
+                &[],
+            )
+            .await?;
+        let task = client
+            .query_one(
+                "SELECT coalesce(extract(epoch FROM now() - min(updated_at)), 0)::int8
+                 FROM tether.tasks WHERE state = 'pending'",
+                &[],
+            )
+            .await?;
+        Ok(Gauges {
+            by_state,
+            overdue: row.get(0),
+            oldest_running_age_secs: row.get(1),
+            oldest_pending_task_age_secs: task.get(0),
+        })
     }
 
     /// The import's `tether.import_status` row as a JSON object.

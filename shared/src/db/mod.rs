@@ -102,6 +102,13 @@ impl Store {
         Ok(())
     }
 
+    /// Connections in use and callers waiting (for the pool gauges).
+    pub fn pool_usage(&self) -> (i64, i64) {
+        let status = self.pool.status();
+        let in_use = status.size.saturating_sub(status.available);
+        (i64::try_from(in_use).unwrap_or(i64::MAX), i64::try_from(status.waiting).unwrap_or(i64::MAX))
+    }
+
     /// Whether Postgres answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), DbError> {
         self.client().await?.simple_query("SELECT 1").await?;

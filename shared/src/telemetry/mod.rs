@@ -1,6 +1,8 @@
-//! Logging set-up shared by every binary: human-readable or JSON lines,
-//! filtered by `RUST_LOG` (default `info`). Secrets never reach a log line
-//! because they are [`crate::contract::Secret`]s, whose `Debug` is `******`.
+//! What operators see of a process: logs (human-readable or JSON lines,
+//! filtered by `RUST_LOG`, default `info`; secrets never reach them because
+//! they are [`crate::contract::Secret`]s, whose `Debug` is `******`), the
+//! Prometheus metrics defined in one place ([`metrics`]), and the HTTP
+//! endpoints `/metrics`, `/healthz`, `/readyz` ([`serve`]).
 
 use tracing_subscriber::EnvFilter;
 
@@ -18,3 +20,9 @@ pub fn init_logging(format: LogFormat) {
         eprintln!("logging was already set up: {error}");
     }
 }
+
+mod metrics;
+mod server;
+
+pub use self::metrics::{metrics, Metrics};
+pub use self::server::{serve, Readiness};
