@@ -420,6 +420,11 @@ impl TestEnv {
         .collect()
     }
 
+    /// Runs one statement with one uuid parameter (to stage a situation).
+    pub async fn execute(&self, sql: &str, id: &Uuid) {
+        self.query(sql, &[id]).await;
+    }
+
     /// How many imports the database holds.
     pub async fn import_count(&self) -> i64 {
         self.query("SELECT count(*) FROM tether.imports", &[]).await[0].get(0)

@@ -132,20 +132,17 @@ async fn invalid_requests_are_rejected_with_a_reason_and_the_fleet_keeps_running
         let reason =
             reasons.get(c.body.as_slice()).unwrap_or_else(|| panic!("{}: not in tether.rejected", c.name));
         assert!(reason.contains(c.mentions), "{}: reason {reason:?} does not mention {}", c.name, c.mentions);
-        match c.import_id {
-            Some(id) => {
-                readable += 1;
-                let status = env.wait_final(id).await;
-                assert_eq!(status["state"], "failed", "{}", c.name);
-                let error = status["error"].as_str().unwrap_or_default();
-                assert!(
-                    error.contains(c.mentions),
-                    "{}: error {error:?} does not mention {}",
-                    c.name,
-                    c.mentions
-                );
-            }
-            None => {}
+        if let Some(id) = c.import_id {
+            readable += 1;
+            let status = env.wait_final(id).await;
+            assert_eq!(status["state"], "failed", "{}", c.name);
+            let error = status["error"].as_str().unwrap_or_default();
+            assert!(
+                error.contains(c.mentions),
+                "{}: error {error:?} does not mention {}",
+                c.name,
+                c.mentions
+            );
         }
     }
     let status = env.wait_final(good).await;

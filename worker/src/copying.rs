@@ -73,6 +73,7 @@ impl Copier {
             code: error.code(),
             message: error.to_string(),
             attempts: attempts.load(Ordering::Relaxed),
+            object: Some(item.clone()),
         });
         CopyOutcome { item: item.clone(), result }
     }

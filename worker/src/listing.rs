@@ -97,6 +97,7 @@ impl Worker {
                     "Listing kept failing after {attempts} attempts ({error}); requeue the import once the store recovers."
                 ),
                 attempts,
+                object: None,
             };
             self.store.fail_task(task, &failure).await?;
             return Ok(Outcome::Done);
@@ -104,8 +105,13 @@ impl Worker {
         match error {
             StorageError::AccessDenied(message) => {
                 tracing::warn!(%message, "Listing denied; the prefix fails, the import goes on.");
-                let failure =
-                    FailureRow { source_url: prefix_url, code: "access_denied", message, attempts: 1 };
+                let failure = FailureRow {
+                    source_url: prefix_url,
+                    code: "access_denied",
+                    message,
+                    attempts: 1,
+                    object: None,
+                };
                 self.store.fail_task(task, &failure).await?;
             }
             other => self.fail_import(task, &other).await?,

@@ -27,6 +27,7 @@ pub(crate) fn build(request: &ImportRequest, page: ListPage) -> PageResult {
                 source_url,
                 code: "too_large",
                 attempts: 1,
+                object: None,
             });
             continue;
         }

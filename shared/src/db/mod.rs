@@ -1,7 +1,9 @@
 //! Postgres: the pool, the migrations, and every query Tether runs, grouped by
-//! what they touch ([`imports`], [`tasks`], [`events`]). Postgres is the source
+//! what they touch ([`imports`], [`tasks`], [`events`]) and, for staff,
+//! [`admin`]. Postgres is the source
 //! of truth; RabbitMQ messages only say "look at this row now".
 
+pub mod admin;
 pub mod events;
 pub mod imports;
 pub mod tasks;
@@ -18,6 +20,7 @@ use crate::contract::Secret;
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../../../migrations/0001_init.sql")),
     ("0002_copy_tasks", include_str!("../../../migrations/0002_copy_tasks.sql")),
+    ("0003_failure_objects", include_str!("../../../migrations/0003_failure_objects.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises schedulers

@@ -89,6 +89,8 @@ pub struct FailureRow {
     pub code: &'static str,
     pub message: String,
     pub attempts: i32,
+    /// The object, for a copy that `tetherctl requeue` may try again.
+    pub object: Option<CopyItem>,
 }
 
 /// One listed page, ready to be committed.
@@ -508,17 +510,26 @@ async fn insert_copy_tasks(
     }
     let mut messages = Vec::with_capacity(batches.len());
     for batch in batches {
-        let task_id = Uuid::new_v4();
-        let items = serde_json::to_value(&batch).map_err(|e| DbError::Corrupt(e.to_string()))?;
-        tx.execute(
-            "INSERT INTO tether.tasks (task_id, import_id, kind, items, state, published_at)
-             VALUES ($1, $2, 'copy', $3, 'pending', now())",
-            &[&task_id, &task.import_id, &items],
-        )
-        .await?;
-        messages.push((TaskMessage { task_id, seq: 0 }, batch.len() as i64));
+        messages.push((insert_copy_task(tx, task.import_id, &batch).await?, batch.len() as i64));
     }
     Ok(messages)
+}
+
+/// Records one copy task of these objects; returns its message.
+pub(super) async fn insert_copy_task(
+    tx: &Transaction<'_>,
+    import_id: Uuid,
+    items: &[CopyItem],
+) -> Result<TaskMessage, DbError> {
+    let task_id = Uuid::new_v4();
+    let items = serde_json::to_value(items).map_err(|e| DbError::Corrupt(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO tether.tasks (task_id, import_id, kind, items, state, published_at)
+         VALUES ($1, $2, 'copy', $3, 'pending', now())",
+        &[&task_id, &import_id, &items],
+    )
+    .await?;
+    Ok(TaskMessage { task_id, seq: 0 })
 }
 
 async fn insert_failures(
@@ -534,14 +545,24 @@ async fn insert_failures(
     let codes: Vec<&str> = failures.iter().map(|f| f.code).collect();
     let messages: Vec<&str> = failures.iter().map(|f| f.message.as_str()).collect();
     let attempts: Vec<i32> = failures.iter().map(|f| f.attempts).collect();
+    let objects: Vec<Option<&CopyItem>> = failures.iter().map(|f| f.object.as_ref()).collect();
+    let object_keys: Vec<Option<&str>> = objects.iter().map(|o| o.map(|o| o.key.as_str())).collect();
+    let sizes: Vec<Option<i64>> = objects.iter().map(|o| o.map(|o| o.size)).collect();
+    let etags: Vec<Option<&str>> = objects.iter().map(|o| o.and_then(|o| o.etag.as_deref())).collect();
+    let modified: Vec<Option<DateTime<Utc>>> =
+        objects.iter().map(|o| o.and_then(|o| o.last_modified)).collect();
     tx.execute(
-        "INSERT INTO tether.import_failures (import_id, failure_key, source_url, code, message, attempts)
-         SELECT $1, u.k, u.url, u.code, u.message, u.attempts
-         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::int4[]) AS u(k, url, code, message, attempts)
+        "INSERT INTO tether.import_failures (import_id, failure_key, source_url, code, message, attempts,
+                                             object_key, size_bytes, etag, last_modified)
+         SELECT $1, u.k, u.url, u.code, u.message, u.attempts, u.key, u.size, u.etag, u.modified
+         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::int4[],
+                     $7::text[], $8::int8[], $9::text[], $10::timestamptz[])
+              AS u(k, url, code, message, attempts, key, size, etag, modified)
          ON CONFLICT (import_id, failure_key) DO UPDATE
-         SET code = EXCLUDED.code, message = EXCLUDED.message,
+         SET code = EXCLUDED.code, message = EXCLUDED.message, object_key = EXCLUDED.object_key,
+             size_bytes = EXCLUDED.size_bytes, etag = EXCLUDED.etag, last_modified = EXCLUDED.last_modified,
              attempts = tether.import_failures.attempts + EXCLUDED.attempts, last_attempt_at = now()",
-        &[&import_id, &keys, &urls, &codes, &messages, &attempts],
+        &[&import_id, &keys, &urls, &codes, &messages, &attempts, &object_keys, &sizes, &etags, &modified],
     )
     .await?;
     Ok(())
