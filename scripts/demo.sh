@@ -2,7 +2,7 @@
 # End-to-end demo (`make demo`): a fresh database and RabbitMQ vhost, one
 # scheduler and two workers, a seeded moto bucket, then a link and a copy
 # import submitted with tetherctl and followed to their final state.
-# Fails unless the link import succeeds (copy mode may still be missing).
+# Fails unless both imports succeed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/services.sh env)"
@@ -75,13 +75,16 @@ LINK_STATE=$(wait_final "$LINK")
 COPY_STATE=$(wait_final "$COPY")
 
 echo; echo "== link import ($LINK_STATE)"; "$BIN/tetherctl" status "$LINK" || true
-echo; echo "== copy import ($COPY_STATE; copy mode may not exist yet)"; "$BIN/tetherctl" status "$COPY" || true
+echo; echo "== copy import ($COPY_STATE) into $TETHER_DESTINATION"; "$BIN/tetherctl" status "$COPY" || true
 echo
 psql -X "$TETHER_DATABASE_URL" \
-  -c 'select source_url, storage, stored_url from tether.images order by source_url, storage limit 5'
+  -c "(select dataset_id, source_url, storage, stored_url from tether.images where storage = 'link' order by 2 limit 3)
+      union all
+      (select dataset_id, source_url, storage, stored_url from tether.images where storage = 'copy' order by 2 limit 3)"
 
-if [[ $LINK_STATE != succeeded ]]; then
-  echo "demo: FAILED: link import ended '$LINK_STATE' (logs: $SVC/demo-*.log)" >&2
+echo; echo "copies on disk: $(find "$SVC/demo-destination" -type f | wc -l) files, $(du -sh "$SVC/demo-destination" | cut -f1)"
+if [[ $LINK_STATE != succeeded || $COPY_STATE != succeeded ]]; then
+  echo "demo: FAILED: link import ended '$LINK_STATE', copy import '$COPY_STATE' (logs: $SVC/demo-*.log)" >&2
   exit 1
 fi
-echo "demo: OK (link import succeeded)"
+echo "demo: OK (link and copy imports succeeded)"
