@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tether_shared::contract::{REJECTED_QUEUE, REQUEST_QUEUE};
 use tether_shared::db::imports::STATES;
 use tether_shared::db::Store;
-use tether_shared::queue::{Publisher, QueueError};
+use tether_shared::queue::{Link, QueueError};
 use tether_shared::task::{TaskKind, REQUEST_DEAD_LETTER_QUEUE, TASK_DEAD_LETTER_QUEUE};
 use tether_shared::telemetry::metrics;
 use tokio_util::sync::CancellationToken;
@@ -37,15 +37,16 @@ const WATCHED_QUEUES: [&str; 6] = [
 
 pub(crate) struct Keeper {
     store: Store,
-    publisher: Publisher,
+    /// Publishes through whichever connection is current.
+    link: Link,
     republish_after_secs: f64,
     last_complaint: Option<Instant>,
     last_gauges: Option<Instant>,
 }
 
 impl Keeper {
-    pub(crate) fn new(store: Store, publisher: Publisher, republish_after_secs: f64) -> Self {
-        Self { store, publisher, republish_after_secs, last_complaint: None, last_gauges: None }
+    pub(crate) fn new(store: Store, link: Link, republish_after_secs: f64) -> Self {
+        Self { store, link, republish_after_secs, last_complaint: None, last_gauges: None }
     }
 
     pub(crate) async fn run(mut self, tick: Duration, stop: CancellationToken) {
@@ -72,7 +73,7 @@ impl Keeper {
             for kind in TaskKind::ALL {
                 let messages: Vec<_> = lost.iter().filter(|(k, _)| *k == kind).map(|(_, m)| *m).collect();
                 if !messages.is_empty() {
-                    self.publisher.publish_tasks(kind, &messages).await?;
+                    self.link.publisher()?.publish_tasks(kind, &messages).await?;
                 }
             }
         }
@@ -91,7 +92,7 @@ impl Keeper {
         m.oldest_running_import_age.set(gauges.oldest_running_age_secs);
         m.oldest_pending_task_age.set(gauges.oldest_pending_task_age_secs);
         for queue in WATCHED_QUEUES {
-            let depth = self.publisher.queue_depth(queue).await?;
+            let depth = self.link.publisher()?.queue_depth(queue).await?;
             m.queue_messages.with_label_values(&[queue]).set(i64::from(depth));
         }
         Ok(())
@@ -103,10 +104,11 @@ impl Keeper {
             if events.is_empty() {
                 return Ok(());
             }
+            let publisher = self.link.publisher()?;
             let mut published = Vec::with_capacity(events.len());
             let mut failure = None;
             for (event_id, body) in &events {
-                match self.publisher.publish_finished(body.to_string().as_bytes()).await {
+                match publisher.publish_finished(body.to_string().as_bytes()).await {
                     Ok(()) => published.push(*event_id),
                     Err(error) => {
                         failure = Some(error);

@@ -18,7 +18,7 @@ use lapin::types::FieldTable;
 use tether_shared::config::CommonConfig;
 use tether_shared::contract::{ValidationOptions, REQUEST_QUEUE};
 use tether_shared::db::{DbError, Store};
-use tether_shared::queue::{self, Publisher, QueueError};
+use tether_shared::queue::{self, Link, QueueError};
 use tether_shared::telemetry::{self, Readiness};
 use tokio_util::sync::CancellationToken;
 
@@ -62,48 +62,80 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
     })?;
     let store = Store::connect(&config.common.database_url, config.common.db_pool_size)?;
     store.migrate().await?;
-    let connection = queue::connect(&config.common.amqp_url, "tether-scheduler").await?;
-    queue::declare_topology(&connection).await?;
+    let link = Link::default();
+    // The first connection must work: a wrong URL is a configuration error.
+    let mut connection = link.establish(&config.common.amqp_url, "tether-scheduler").await?;
     if let Some(addr) = config.common.metrics_addr {
-        let ready = Readiness { store: store.clone(), amqp: connection.status().clone() };
+        let ready = Readiness { store: store.clone(), amqp: link.clone() };
         telemetry::serve(addr, ready, shutdown.clone()).await.map_err(SchedulerError::Metrics)?;
     }
-    let publisher = Publisher::new(&connection).await?;
-    let channel = queue::consumer_channel(&connection, 16).await?;
-    let mut consumer = channel
-        .basic_consume(REQUEST_QUEUE.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-        .await
-        .map_err(QueueError::from)?;
     tracing::info!("Scheduler started.");
 
     let handler = requests::Handler::new(
         store.clone(),
-        publisher.clone(),
+        link.clone(),
         ValidationOptions { gcs_allow_own_identity: config.gcs_allow_own_identity },
     );
-    let keeper = housekeeping::Keeper::new(store, publisher, config.republish_after_secs);
-    // The scheduler's own token: an error below stops the housekeeping too,
+    let keeper = housekeeping::Keeper::new(store, link.clone(), config.republish_after_secs);
+    // The scheduler's own token, so that stopping it stops the housekeeping
     // without cancelling whatever else shares the caller's token.
     let stop = shutdown.child_token();
     let keeper_task = tokio::spawn(keeper.run(tick, stop.clone()));
 
+    let mut reconnects = queue::reconnect_delays();
+    loop {
+        match consume(&handler, &connection, &stop).await {
+            Ok(()) => break,
+            Err(error) => {
+                let delay = reconnects.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(%error, ?delay, "Lost RabbitMQ; reconnecting.");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                match link.establish(&config.common.amqp_url, "tether-scheduler").await {
+                    Ok(fresh) => {
+                        tracing::info!("Reconnected to RabbitMQ.");
+                        connection = fresh;
+                        reconnects = queue::reconnect_delays();
+                    }
+                    Err(error) => tracing::warn!(%error, "Cannot reconnect to RabbitMQ yet."),
+                }
+            }
+        }
+    }
+    tracing::info!("Scheduler stopping.");
+    stop.cancel();
+    let _ = keeper_task.await;
+    link.close("scheduler stopping").await;
+    tracing::info!("Scheduler stopped.");
+    Ok(())
+}
+
+/// Consumes requests on one connection until `stop` (`Ok`) or until the
+/// connection or the consumer is lost (`Err`).
+async fn consume(
+    handler: &requests::Handler,
+    connection: &lapin::Connection,
+    stop: &CancellationToken,
+) -> Result<(), SchedulerError> {
+    let channel = queue::consumer_channel(connection, 16).await?;
+    let mut consumer = channel
+        .basic_consume(REQUEST_QUEUE.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .map_err(QueueError::from)?;
     let result = loop {
         tokio::select! {
             biased;
             () = stop.cancelled() => break Ok(()),
             delivery = consumer.next() => match delivery {
                 // One request at a time: a cancel is handled after the request it follows.
-                Some(Ok(delivery)) => handler.handle(delivery, &stop).await,
+                Some(Ok(delivery)) => handler.handle(delivery, stop).await,
                 Some(Err(error)) => break Err(SchedulerError::ConsumerLost(error.to_string())),
                 None => break Err(SchedulerError::ConsumerLost("the broker cancelled the consumer".into())),
             },
         }
     };
-    tracing::info!("Scheduler stopping.");
-    stop.cancel();
     let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
-    let _ = keeper_task.await;
-    let _ = connection.close(200, "scheduler stopping".into()).await;
-    tracing::info!("Scheduler stopped.");
     result
 }

@@ -14,7 +14,7 @@ use tether_shared::contract::{
 };
 use tether_shared::db::imports::{Cancelled, Recorded};
 use tether_shared::db::{DbError, Store};
-use tether_shared::queue::{Publisher, QueueError};
+use tether_shared::queue::{Link, QueueError};
 use tether_shared::task::TaskKind;
 use tether_shared::telemetry::metrics;
 use tokio_util::sync::CancellationToken;
@@ -29,13 +29,14 @@ enum HandleError {
 
 pub(crate) struct Handler {
     store: Store,
-    publisher: Publisher,
+    /// Publishes through whichever connection is current.
+    link: Link,
     options: ValidationOptions,
 }
 
 impl Handler {
-    pub(crate) fn new(store: Store, publisher: Publisher, options: ValidationOptions) -> Self {
-        Self { store, publisher, options }
+    pub(crate) fn new(store: Store, link: Link, options: ValidationOptions) -> Self {
+        Self { store, link, options }
     }
 
     pub(crate) async fn handle(&self, delivery: Delivery, shutdown: &CancellationToken) {
@@ -80,7 +81,9 @@ impl Handler {
                 match self.store.record_import(&request, &digest).await? {
                     Recorded::Created(tasks) => {
                         tracing::info!(import_id = %request.import_id, tasks = tasks.len(), "Import recorded.");
-                        if let Err(error) = self.publisher.publish_tasks(TaskKind::List, &tasks).await {
+                        let published =
+                            async { self.link.publisher()?.publish_tasks(TaskKind::List, &tasks).await };
+                        if let Err(error) = published.await {
                             // Committed already: the housekeeping re-publishes them.
                             tracing::warn!(%error, import_id = %request.import_id, "Could not publish the listing tasks yet.");
                         }
@@ -134,7 +137,7 @@ impl Handler {
     async fn reject(&self, delivery: &Delivery, reason: &str) -> Result<(), HandleError> {
         tracing::warn!(reason, "Request rejected.");
         metrics().amqp_messages.with_label_values(&[REQUEST_QUEUE, "rejected"]).inc();
-        self.publisher.publish_rejected(&delivery.data, &delivery.properties, reason).await?;
+        self.link.publisher()?.publish_rejected(&delivery.data, &delivery.properties, reason).await?;
         Ok(())
     }
 }

@@ -6,6 +6,8 @@
 //! not prove that a queue took the message (an unroutable message is
 //! confirmed too), so a returned message counts as a failure.
 
+use std::sync::{Arc, PoisonError, RwLock};
+
 use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
@@ -38,6 +40,8 @@ pub enum QueueError {
     Nacked(String),
     #[error("RabbitMQ could not route a message for {0}: is its queue declared?")]
     Unroutable(String),
+    #[error("not connected to RabbitMQ (reconnecting)")]
+    NotConnected,
 }
 
 /// Opens a connection named after the process, with heartbeats.
@@ -120,6 +124,59 @@ pub async fn consumer_channel(connection: &Connection, prefetch: u16) -> Result<
     let channel = connection.create_channel().await?;
     channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
     Ok(channel)
+}
+
+/// Delays between attempts to reconnect: jittered, 1 s growing to 30 s.
+pub fn reconnect_delays() -> impl Iterator<Item = std::time::Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_secs(1))
+        .with_max_delay(std::time::Duration::from_secs(30))
+        .without_max_times()
+        .with_jitter()
+        .build()
+}
+
+/// The process's current RabbitMQ connection and its publisher. When the
+/// connection is lost, the process establishes a new one here and everything
+/// that publishes through the link uses it from then on. Clones share it.
+#[derive(Clone, Debug, Default)]
+pub struct Link {
+    current: Arc<RwLock<Option<(Arc<Connection>, Publisher)>>>,
+}
+
+impl Link {
+    /// Connects, declares the topology, opens a publisher; returns the
+    /// connection for the caller's consumers.
+    pub async fn establish(&self, url: &Secret, name: &str) -> Result<Arc<Connection>, QueueError> {
+        let connection = connect(url, name).await?;
+        declare_topology(&connection).await?;
+        let publisher = Publisher::new(&connection).await?;
+        let connection = Arc::new(connection);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) =
+            Some((Arc::clone(&connection), publisher));
+        Ok(connection)
+    }
+
+    /// The current publisher.
+    pub fn publisher(&self) -> Result<Publisher, QueueError> {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        current.as_ref().map(|(_, p)| p.clone()).ok_or(QueueError::NotConnected)
+    }
+
+    /// Whether the current connection is up (for `/readyz`).
+    pub fn connected(&self) -> bool {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        current.as_ref().is_some_and(|(c, _)| c.status().connected())
+    }
+
+    /// Closes the current connection (at shutdown).
+    pub async fn close(&self, reason: &str) {
+        let current = self.current.write().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some((connection, _)) = current {
+            let _ = connection.close(200, reason.into()).await;
+        }
+    }
 }
 
 /// Publishes on a confirm-mode channel and waits for each confirm. Cheap to

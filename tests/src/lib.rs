@@ -425,6 +425,49 @@ impl TestEnv {
         self.query(sql, &[id]).await;
     }
 
+    /// Closes, from the broker's side, the connections of this test's
+    /// virtual host named after one of `names` (a lost connection), once at
+    /// least `expected` of them are listed. Returns how many were closed.
+    pub async fn close_connections(&self, names: &[&str], expected: usize) -> usize {
+        let (base, user, password) = rabbitmq_api();
+        let http = reqwest::Client::new();
+        let url = format!("{base}/api/vhosts/tether-t-{}/connections", self.id);
+        // The management API lists new connections with a delay of seconds.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let connections = loop {
+            let listed: Vec<Value> = http
+                .get(&url)
+                .basic_auth(&user, Some(&password))
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .expect("list connections")
+                .json()
+                .await
+                .expect("connections as JSON");
+            let ours: Vec<String> = listed
+                .iter()
+                .filter(|c| {
+                    names.contains(&c["client_properties"]["connection_name"].as_str().unwrap_or_default())
+                })
+                .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                .collect();
+            if ours.len() >= expected || tokio::time::Instant::now() > deadline {
+                break ours;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let mut closed = 0;
+        for name in &connections {
+            let mut url = reqwest::Url::parse(&format!("{base}/api/connections/")).expect("url");
+            url.path_segments_mut().expect("base").pop_if_empty().push(name);
+            let response = http.delete(url).basic_auth(&user, Some(&password)).send().await.expect("close");
+            assert!(response.status().is_success(), "closing {name}: {}", response.status());
+            closed += 1;
+        }
+        closed
+    }
+
     /// How many imports the database holds.
     pub async fn import_count(&self) -> i64 {
         self.query("SELECT count(*) FROM tether.imports", &[]).await[0].get(0)

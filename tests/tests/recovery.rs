@@ -46,3 +46,35 @@ async fn tasks_whose_message_was_lost_are_republished() {
     assert_eq!(status["objects_imported"], 9);
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_connections_are_re_established_and_nothing_is_lost_or_doubled() {
+    let env = TestEnv::new().await;
+    env.put_many((0..200).map(|i| format!("conn/{i:03}.jpg"))).await;
+    let mut worker = env.worker_config();
+    worker.page_size = 2;
+    let fleet = env.start(vec![env.scheduler_config()], vec![worker.clone(), worker]).await;
+    let id = env.submit(&env.request("reconnect", &["conn/"])).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while env.status(id).await.is_none_or(|s| s["objects_imported"].as_i64().unwrap_or(0) < 20) {
+        assert!(tokio::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let closed = env.close_connections(&["tether-worker", "tether-scheduler"], 3).await;
+    assert!(closed >= 3, "closed {closed} connections: the scheduler's and both workers'");
+    let status = env.wait_final(id).await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(
+        (status["objects_listed"].as_i64(), status["objects_imported"].as_i64()),
+        (Some(200), Some(200))
+    );
+    assert_eq!(env.images("reconnect").await.len(), 200);
+    // The scheduler consumes requests again.
+    env.put("conn2/a.jpg", b"a").await;
+    let again = env.wait_final(env.submit(&env.request("reconnect-2", &["conn2/"])).await).await;
+    assert_eq!(again["state"], "succeeded", "{again}");
+    let reconnected = tether_tests::captured_logs().matches("Reconnected to RabbitMQ.").count();
+    assert!(reconnected >= 3, "{reconnected} processes reconnected");
+    fleet.assert_running();
+    fleet.stop().await;
+}

@@ -30,7 +30,7 @@ use tether_shared::credentials::sts::StsCredentials;
 use tether_shared::db::tasks::{Batching, Work};
 use tether_shared::db::{DbError, Store};
 use tether_shared::destination::{self, DestinationError};
-use tether_shared::queue::{self, Publisher, QueueError};
+use tether_shared::queue::{self, Link, QueueError};
 use tether_shared::storage::s3::S3Sources;
 use tether_shared::storage::Sources;
 use tether_shared::task::{TaskKind, TaskMessage};
@@ -128,20 +128,20 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         }
         None => None,
     };
-    let connection = queue::connect(&config.common.amqp_url, "tether-worker").await?;
-    queue::declare_topology(&connection).await?;
+    let link = Link::default();
+    // The first connection must work: a wrong URL is a configuration error.
+    let mut connection = link.establish(&config.common.amqp_url, "tether-worker").await?;
     if let Some(addr) = config.common.metrics_addr {
-        let ready = Readiness { store: store.clone(), amqp: connection.status().clone() };
+        let ready = Readiness { store: store.clone(), amqp: link.clone() };
         telemetry::serve(addr, ready, shutdown.clone()).await.map_err(WorkerError::Metrics)?;
     }
-    let publisher = Publisher::new(&connection).await?;
     let sts = Arc::new(StsCredentials::new(
         aws_sdk_sts::Client::new(&sdk),
         Duration::from_secs(config.sts_refresh_margin_secs),
     ));
     let worker = Arc::new(Worker {
         store,
-        publisher,
+        link: link.clone(),
         sources: Sources::new(S3Sources::new(&sdk, sts, config.s3_force_path_style)),
         page_size: config.page_size,
         max_attempts: config.max_attempts,
@@ -152,12 +152,63 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         copier: destination
             .map(|d| copying::Copier::new(d, config.copy_concurrency.into(), config.copy_max_attempts)),
     });
+    tracing::info!(kinds = ?config.kinds, concurrency = config.concurrency, copy_concurrency = config.copy_concurrency, "Worker started.");
 
+    let mut in_flight = JoinSet::new();
+    let mut reconnects = queue::reconnect_delays();
+    loop {
+        match consume(&worker, &config, &connection, &shutdown, &mut in_flight).await {
+            Ok(()) => break,
+            Err(error) => {
+                // Tasks in hand finish on their own; their acks fail with the
+                // old channel and the broker redelivers them: harmless.
+                let delay = reconnects.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(%error, ?delay, "Lost RabbitMQ; reconnecting.");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                match link.establish(&config.common.amqp_url, "tether-worker").await {
+                    Ok(fresh) => {
+                        tracing::info!("Reconnected to RabbitMQ.");
+                        connection = fresh;
+                        reconnects = queue::reconnect_delays();
+                    }
+                    Err(error) => tracing::warn!(%error, "Cannot reconnect to RabbitMQ yet."),
+                }
+            }
+        }
+    }
+    tracing::info!(in_flight = in_flight.len(), "Worker stopping; finishing tasks in hand.");
+    let drained = tokio::time::timeout(Duration::from_secs(config.drain_secs), async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        // Their messages are unacknowledged: closing hands them back.
+        tracing::warn!(left = in_flight.len(), "Drain deadline passed; handing the remaining tasks back.");
+        in_flight.abort_all();
+    }
+    link.close("worker stopping").await;
+    tracing::info!("Worker stopped.");
+    Ok(())
+}
+
+/// Consumes the task queues on one connection until shutdown (`Ok`) or
+/// until the connection or a consumer is lost (`Err`).
+async fn consume(
+    worker: &Arc<Worker>,
+    config: &WorkerConfig,
+    connection: &lapin::Connection,
+    shutdown: &CancellationToken,
+    in_flight: &mut JoinSet<()>,
+) -> Result<(), WorkerError> {
     let mut consumers = Vec::new();
     let mut deliveries = Vec::new();
     for kind in TaskKind::ALL.into_iter().filter(|k| config.kinds.iter().any(|name| name == k.as_str())) {
         let prefetch = if kind == TaskKind::Copy { COPY_PREFETCH } else { config.concurrency };
-        let channel = queue::consumer_channel(&connection, prefetch).await?;
+        // Prefetch is set on every new channel: recovery would not re-apply it.
+        let channel = queue::consumer_channel(connection, prefetch).await?;
         let consumer = channel
             .basic_consume(
                 kind.queue().into(),
@@ -171,9 +222,6 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         deliveries.push(consumer.map(move |delivery| (kind, delivery)).boxed());
     }
     let mut deliveries = futures_util::stream::select_all(deliveries);
-    tracing::info!(kinds = ?config.kinds, concurrency = config.concurrency, copy_concurrency = config.copy_concurrency, "Worker started.");
-
-    let mut in_flight = JoinSet::new();
     let result = loop {
         tokio::select! {
             // Shutdown first: once asked to stop, take no new task.
@@ -182,7 +230,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             delivery = deliveries.next() => match delivery {
                 Some((kind, Ok(delivery))) => {
-                    let worker = Arc::clone(&worker);
+                    let worker = Arc::clone(worker);
                     in_flight.spawn(async move { worker.handle(kind, delivery).await });
                 }
                 Some((_, Err(error))) => break Err(WorkerError::ConsumerLost(error.to_string())),
@@ -190,27 +238,16 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             },
         }
     };
-    tracing::info!(in_flight = in_flight.len(), "Worker stopping; finishing tasks in hand.");
     for (channel, tag) in &consumers {
         let _ = Channel::basic_cancel(channel, tag.clone(), BasicCancelOptions::default()).await;
     }
-    let drained = tokio::time::timeout(Duration::from_secs(config.drain_secs), async {
-        while in_flight.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        // Their messages are unacknowledged: closing hands them back.
-        tracing::warn!(left = in_flight.len(), "Drain deadline passed; handing the remaining tasks back.");
-        in_flight.abort_all();
-    }
-    let _ = connection.close(200, "worker stopping".into()).await;
-    tracing::info!("Worker stopped.");
     result
 }
 
 struct Worker {
     store: Store,
-    publisher: Publisher,
+    /// Publishes through whichever connection is current.
+    link: Link,
     sources: Sources,
     page_size: u32,
     max_attempts: i32,

@@ -70,7 +70,7 @@ impl Worker {
     /// Publishes tasks committed a moment ago, retrying briefly. If that still
     /// fails, the scheduler re-publishes them once their lease passes.
     async fn publish(&self, kind: TaskKind, messages: &[TaskMessage]) {
-        let publish = || async { self.publisher.publish_tasks(kind, messages).await };
+        let publish = || async { self.link.publisher()?.publish_tasks(kind, messages).await };
         if let Err(error) = publish.retry(ExponentialBuilder::default().with_jitter()).await {
             tracing::warn!(%error, "Could not publish tasks; the scheduler will re-publish them.");
         }

@@ -13,12 +13,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics;
 use crate::db::Store;
+use crate::queue::Link;
 
 /// What `/readyz` checks: Postgres answers and the AMQP connection is up.
 #[derive(Clone, Debug)]
 pub struct Readiness {
     pub store: Store,
-    pub amqp: lapin::ConnectionStatus,
+    pub amqp: Link,
 }
 
 impl Readiness {
