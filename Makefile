@@ -14,6 +14,7 @@ test: services
 	scripts/services.sh test-tools
 	scripts/services.sh clean-tests
 	scripts/check-deploy.sh
+	cargo build --workspace --bins
 	set -a; eval "$$(scripts/services.sh env)"; \
 	if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --workspace --no-fail-fast; \

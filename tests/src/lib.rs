@@ -3,6 +3,8 @@
 //! parallel against the real services that `make test` starts. A missing
 //! service makes the test fail with a message saying so; nothing is skipped.
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -172,6 +174,24 @@ impl TestEnv {
             copy_batch_bytes: 1 << 30,
             copy_max_attempts: 3,
         }
+    }
+
+    /// Starts a real `tether-worker` process (built by `make test`) on this
+    /// test's database and virtual host, with extra `TETHER_*` settings.
+    pub fn spawn_worker_process(&self, settings: &[(&str, String)]) -> tokio::process::Child {
+        let binary = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tether-worker");
+        let mut command = tokio::process::Command::new(&binary);
+        command
+            .env("TETHER_DATABASE_URL", &self.database_url)
+            .env("TETHER_AMQP_URL", &self.amqp_url)
+            .env("TETHER_S3_FORCE_PATH_STYLE", "true")
+            .env("RUST_LOG", "warn")
+            .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command.spawn().unwrap_or_else(|e| {
+            panic!("cannot start {} ({e}): run `cargo build --bins` first (make test does)", binary.display())
+        })
     }
 
     /// A fresh bucket for copies (`s3://` destination); returns its name.

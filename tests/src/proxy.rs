@@ -1,0 +1,138 @@
+//! A fault-injecting HTTP proxy of the project's own, put between the
+//! workers and the storage emulator: a share of requests is answered
+//! `503 SlowDown`, another share has its connection dropped, the rest is
+//! forwarded untouched.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio_util::sync::CancellationToken;
+
+/// Which share of requests gets which fault.
+#[derive(Debug, Clone, Copy)]
+pub struct Faults {
+    /// Answered `503 SlowDown`.
+    pub slow_down: f64,
+    /// Connection dropped without an answer.
+    pub reset: f64,
+}
+
+/// What the proxy did so far.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub forwarded: AtomicU64,
+    pub slowed_down: AtomicU64,
+    pub reset: AtomicU64,
+}
+
+/// A running proxy; stops when dropped.
+#[derive(Debug)]
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    pub counts: Arc<Counts>,
+    stop: CancellationToken,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by the fault proxy")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+impl FaultProxy {
+    /// Starts a proxy on a free local port in front of `upstream`
+    /// (`http://host:port`).
+    pub async fn start(upstream: &str, faults: Faults) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let upstream: hyper::Uri = upstream.parse().expect("upstream URL");
+        let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build_http();
+        let counts = Arc::new(Counts::default());
+        let stop = CancellationToken::new();
+        let (task_counts, task_stop) = (Arc::clone(&counts), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    () = task_stop.cancelled() => return,
+                    accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
+                };
+                let (client, upstream, counts) = (client.clone(), upstream.clone(), Arc::clone(&task_counts));
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        handle(request, client.clone(), upstream.clone(), Arc::clone(&counts), faults)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, counts, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    client: Client<HttpConnector, Incoming>,
+    upstream: hyper::Uri,
+    counts: Arc<Counts>,
+    faults: Faults,
+) -> Result<Response<ProxyBody>, Dropped> {
+    let roll: f64 = rand::random();
+    if roll < faults.reset {
+        counts.reset.fetch_add(1, Ordering::Relaxed);
+        return Err(Dropped); // hyper closes the connection without an answer
+    }
+    if roll < faults.reset + faults.slow_down {
+        counts.slowed_down.fetch_add(1, Ordering::Relaxed);
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
+                    <Message>Please reduce your request rate.</Message></Error>";
+        let mut response = Response::new(full(body));
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return Ok(response);
+    }
+    counts.forwarded.fetch_add(1, Ordering::Relaxed);
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let authority = upstream.authority().map_or("127.0.0.1", |a| a.as_str());
+    parts.uri = format!("http://{authority}{path}").parse().map_err(|_| Dropped)?;
+    match client.request(Request::from_parts(parts, body)).await {
+        Ok(response) => Ok(response.map(BodyExt::boxed)),
+        Err(_) => {
+            let mut response = Response::new(full("the emulator did not answer"));
+            *response.status_mut() = StatusCode::BAD_GATEWAY;
+            Ok(response)
+        }
+    }
+}
+
+fn full(text: &'static str) -> ProxyBody {
+    Full::new(Bytes::from_static(text.as_bytes())).map_err(|never: Infallible| match never {}).boxed()
+}
