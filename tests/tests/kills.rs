@@ -100,3 +100,31 @@ async fn sigkilled_workers_lose_nothing_and_double_nothing() {
     assert_eq!(events.len(), 2, "one FinishedEvent per import: {events:?}");
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_stops_a_worker_cleanly_and_its_work_is_handed_on() {
+    let env = TestEnv::new().await;
+    env.put_many((0..300).map(|i| format!("t/{i:03}.jpg"))).await;
+    let fleet = env.start(vec![env.scheduler_config()], vec![]).await;
+    let settings = [("TETHER_LIST_PAGE_SIZE", "2".to_owned()), ("TETHER_DRAIN_SECS", "10".to_owned())];
+    let mut worker = env.spawn_worker_process(&settings);
+    let id = env.submit(&env.request("sigterm", &["t/"])).await;
+    progress(&env, id, 20).await;
+    let pid = worker.id().expect("running");
+    let sent = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().expect("kill");
+    assert!(sent.success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), worker.wait())
+        .await
+        .expect("stopped within the drain deadline");
+    assert_eq!(exit.expect("exit status").code(), Some(0), "SIGTERM must end in exit 0");
+    let mut successor = env.spawn_worker_process(&settings);
+    let status = env.wait_final_within(id, Duration::from_secs(120)).await;
+    assert_eq!(
+        (status["state"].as_str(), status["objects_imported"].as_i64()),
+        (Some("succeeded"), Some(300)),
+        "{status}"
+    );
+    assert_eq!(env.images("sigterm").await.len(), 300);
+    kill(&mut successor).await;
+    fleet.stop().await;
+}

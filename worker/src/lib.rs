@@ -19,7 +19,7 @@ mod page;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
@@ -38,6 +38,10 @@ use tether_shared::telemetry::{self, metrics, Readiness};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// How long a task waits in place for the database to come back before it is
+/// requeued.
+const DB_OUTAGE_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Copy tasks a worker holds at once; each copies several objects in parallel.
 const COPY_PREFETCH: u16 = 2;
@@ -301,7 +305,7 @@ impl Worker {
     }
 
     async fn process(&self, kind: TaskKind, message: TaskMessage) -> Outcome {
-        let result = async {
+        let attempt = || async {
             let Some(task) = self.store.load_task(kind, message).await? else {
                 // A duplicate, or the import ended meanwhile.
                 return Ok(Outcome::Done);
@@ -314,13 +318,23 @@ impl Worker {
                 Work::Copy { items } => self.copy(&task, items).instrument(span).await,
             }
         };
-        match result.await {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                tracing::warn!(%error, task_id = %message.task_id, "Database error; retrying the task later.");
-                Outcome::Retry(Duration::from_secs(2))
-            }
-        }
+        // A database outage is not the task's fault: keep the message and try
+        // again in place, rather than requeue it and spend the queue's
+        // delivery limit. Nothing was committed by a failed attempt.
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(15))
+            .with_total_delay(Some(DB_OUTAGE_PATIENCE))
+            .without_max_times()
+            .with_jitter();
+        let result = attempt
+            .retry(backoff)
+            .notify(|error, delay| tracing::warn!(%error, ?delay, "Database error; trying the task again."))
+            .await;
+        result.unwrap_or_else(|error| {
+            tracing::warn!(%error, task_id = %message.task_id, "The database stays unreachable; requeueing the task.");
+            Outcome::Retry(Duration::from_secs(2))
+        })
     }
 }
 
