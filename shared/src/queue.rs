@@ -19,7 +19,9 @@ use crate::contract::{
     Secret, EXCHANGE, REJECTED_QUEUE, REJECT_REASON_HEADER, REQUEST_QUEUE, ROUTING_CANCEL, ROUTING_FINISHED,
     ROUTING_REQUEST,
 };
-use crate::task::{TaskKind, TaskMessage, REQUEST_DEAD_LETTER_QUEUE, TASK_DEAD_LETTER_QUEUE};
+use crate::task::{
+    TaskKind, TaskMessage, REQUEST_DEAD_LETTER_QUEUE, RETRY_TIERS_SECS, TASK_DEAD_LETTER_QUEUE,
+};
 
 /// Heartbeat used when the URL sets none: a dead TCP connection is noticed
 /// within about a minute instead of the OS's ~11.
@@ -114,6 +116,14 @@ pub async fn declare_topology(connection: &Connection) -> Result<(), QueueError>
     for kind in TaskKind::ALL {
         let args = quorum_args(Some(TASK_DEAD_LETTER_QUEUE), TASK_DELIVERY_LIMIT);
         declare_queue(channel, kind.queue(), args).await?;
+        for tier in RETRY_TIERS_SECS {
+            let (name, _) = kind.retry_queue(std::time::Duration::from_secs(tier.into()));
+            let mut args = FieldTable::default();
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(tier) * 1000));
+            args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+            args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(kind.queue().into()));
+            declare_queue(channel, &name, args).await?;
+        }
     }
     channel.close(200, "topology declared".into()).await?;
     Ok(())
@@ -227,6 +237,18 @@ impl Publisher {
             result?;
         }
         Ok(())
+    }
+
+    /// Parks a task message for about `delay`, after which the broker puts it
+    /// back on its queue (a retry queue with a TTL and a dead-letter target).
+    pub async fn publish_retry(
+        &self,
+        kind: TaskKind,
+        body: &[u8],
+        delay: std::time::Duration,
+    ) -> Result<(), QueueError> {
+        let (queue, _) = kind.retry_queue(delay);
+        self.publish("", &queue, body, json_properties()).await
     }
 
     /// Moves a refused request to `tether.rejected`, body untouched, with

@@ -15,6 +15,11 @@ pub const TASK_DEAD_LETTER_QUEUE: &str = "tether.tasks.dead-letter";
 /// Where `tether.import-requests` dead-letters a request that kept failing.
 pub const REQUEST_DEAD_LETTER_QUEUE: &str = "tether.import-requests.dead-letter";
 
+/// Delays (seconds) of the retry queues: RabbitMQ 3.10 has no delayed
+/// delivery, so a retry waits in a queue with this TTL whose dead-letter
+/// target is the task's queue.
+pub const RETRY_TIERS_SECS: [u32; 5] = [1, 5, 15, 60, 300];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TaskKind {
     List,
@@ -38,6 +43,17 @@ impl TaskKind {
             TaskKind::List => "list",
             TaskKind::Copy => "copy",
         }
+    }
+
+    /// The retry queue that holds a task of this kind for `delay` (rounded
+    /// up to the next tier) before dead-lettering it back to its queue.
+    pub fn retry_queue(self, delay: std::time::Duration) -> (String, u32) {
+        let tier = RETRY_TIERS_SECS
+            .iter()
+            .copied()
+            .find(|t| u64::from(*t) >= delay.as_secs())
+            .unwrap_or(RETRY_TIERS_SECS[RETRY_TIERS_SECS.len() - 1]);
+        (format!("{}.retry-{tier}s", self.queue()), tier)
     }
 
     pub fn from_queue(queue: &str) -> Option<Self> {

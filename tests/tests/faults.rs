@@ -48,3 +48,32 @@ async fn throttling_and_resets_are_retried_to_a_clean_result() {
     );
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_keeps_refusing_is_retried_later_then_given_up_with_a_code() {
+    let env = TestEnv::new().await;
+    env.put("down/a.jpg", b"a").await;
+    let proxy =
+        FaultProxy::start(&service_var("AWS_ENDPOINT_URL_S3"), Faults { slow_down: 1.0, reset: 0.0 }).await;
+    std::env::set_var("AWS_ENDPOINT_URL_S3", proxy.url());
+    let mut worker = env.worker_config();
+    worker.max_attempts = 3;
+    let fleet = env.start(vec![env.scheduler_config()], vec![worker]).await;
+    let started = std::time::Instant::now();
+    let id = env.submit(&env.request("down", &["down/"])).await;
+    let status = env.wait_final(id).await;
+    assert_eq!(status["state"], "failed", "{status}");
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(error.contains("after 3 attempts") && error.contains("throttled"), "{error}");
+    assert_eq!(env.failures(id).await, vec![(format!("s3://{}/down/", env.bucket), "throttled".to_owned())]);
+    // Two retries parked in retry queues of at least 1 s each: not a hot loop.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "retried too fast: {:?}",
+        started.elapsed()
+    );
+    let outcomes =
+        tether_shared::telemetry::metrics().task_outcomes.with_label_values(&["list", "retry"]).get();
+    assert_eq!(outcomes, 2, "two retries before giving up");
+    fleet.stop().await;
+}

@@ -9,7 +9,8 @@
 //!   platform's storage, verified, then commits their references and counts.
 //!
 //! A task's outcome is explicit ([`Outcome`]): done (ack), retry later
-//! (requeue after a jittered delay), or give up (dead-letter). Nothing is
+//! (parked in a TTL retry queue that dead-letters it back to its queue), or
+//! give up (dead-letter). Nothing is
 //! acknowledged before the Postgres commit that makes its effect durable.
 
 mod copying;
@@ -116,7 +117,7 @@ pub enum WorkerError {
 enum Outcome {
     /// Done, or nothing to do: acknowledge.
     Done,
-    /// Try again after this delay: requeue.
+    /// Try again after about this delay (a retry queue's TTL).
     Retry(Duration),
     /// Unreadable: dead-letter it for staff to inspect.
     GiveUp,
@@ -290,8 +291,17 @@ impl Worker {
         let sent = match outcome {
             Outcome::Done => delivery.ack(BasicAckOptions::default()).await,
             Outcome::Retry(delay) => {
-                tokio::time::sleep(delay).await;
-                delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
+                // Parked in a retry queue, then acknowledged: the worker's
+                // slot is free during the delay. If parking fails, requeue.
+                let parked =
+                    async { self.link.publisher()?.publish_retry(kind, &delivery.data, delay).await };
+                match parked.await {
+                    Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+                    Err(error) => {
+                        tracing::warn!(%error, "Cannot park a task for retry; requeueing it now.");
+                        delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
+                    }
+                }
             }
             Outcome::GiveUp => delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await,
         };
