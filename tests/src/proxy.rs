@@ -19,12 +19,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_util::sync::CancellationToken;
 
 /// Which share of requests gets which fault.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
     /// Answered `503 SlowDown`.
     pub slow_down: f64,
     /// Connection dropped without an answer.
     pub reset: f64,
+    /// Answered `400 ExpiredToken`: the session expired (or was revoked).
+    pub expired_token: f64,
 }
 
 /// What the proxy did so far.
@@ -33,6 +35,7 @@ pub struct Counts {
     pub forwarded: AtomicU64,
     pub slowed_down: AtomicU64,
     pub reset: AtomicU64,
+    pub expired: AtomicU64,
 }
 
 /// A running proxy; stops when dropped.
@@ -110,7 +113,15 @@ async fn handle(
         counts.reset.fetch_add(1, Ordering::Relaxed);
         return Err(Dropped); // hyper closes the connection without an answer
     }
-    if roll < faults.reset + faults.slow_down {
+    if roll < faults.reset + faults.expired_token {
+        counts.expired.fetch_add(1, Ordering::Relaxed);
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>ExpiredToken</Code>\
+                    <Message>The provided token has expired.</Message></Error>";
+        let mut response = Response::new(full(body));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return Ok(response);
+    }
+    if roll < faults.reset + faults.expired_token + faults.slow_down {
         counts.slowed_down.fetch_add(1, Ordering::Relaxed);
         let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
                     <Message>Please reduce your request rate.</Message></Error>";

@@ -11,8 +11,11 @@ use tether_tests::{service_var, TestEnv};
 async fn throttling_and_resets_are_retried_to_a_clean_result() {
     let env = TestEnv::new().await; // seeds directly, not through the proxy
     env.put_many((0..400).map(|i| format!("f/{i:03}.jpg"))).await;
-    let proxy =
-        FaultProxy::start(&service_var("AWS_ENDPOINT_URL_S3"), Faults { slow_down: 0.10, reset: 0.02 }).await;
+    let proxy = FaultProxy::start(
+        &service_var("AWS_ENDPOINT_URL_S3"),
+        Faults { slow_down: 0.10, reset: 0.02, ..Faults::default() },
+    )
+    .await;
     // Edition 2021: set_var is safe; the workers read it when they start.
     std::env::set_var("AWS_ENDPOINT_URL_S3", proxy.url());
     let dir = env.destination_dir();
@@ -53,8 +56,11 @@ async fn throttling_and_resets_are_retried_to_a_clean_result() {
 async fn a_store_that_keeps_refusing_is_retried_later_then_given_up_with_a_code() {
     let env = TestEnv::new().await;
     env.put("down/a.jpg", b"a").await;
-    let proxy =
-        FaultProxy::start(&service_var("AWS_ENDPOINT_URL_S3"), Faults { slow_down: 1.0, reset: 0.0 }).await;
+    let proxy = FaultProxy::start(
+        &service_var("AWS_ENDPOINT_URL_S3"),
+        Faults { slow_down: 1.0, ..Faults::default() },
+    )
+    .await;
     std::env::set_var("AWS_ENDPOINT_URL_S3", proxy.url());
     let mut worker = env.worker_config();
     worker.max_attempts = 3;
@@ -75,5 +81,39 @@ async fn a_store_that_keeps_refusing_is_retried_later_then_given_up_with_a_code(
     let outcomes =
         tether_shared::telemetry::metrics().task_outcomes.with_label_values(&["list", "retry"]).get();
     assert_eq!(outcomes, 2, "two retries before giving up");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_refused_mid_import_are_renewed_once_and_retried() {
+    let env = TestEnv::new().await;
+    env.put_many((0..150).map(|i| format!("x/{i:03}.jpg"))).await;
+    let proxy = FaultProxy::start(
+        &service_var("AWS_ENDPOINT_URL_S3"),
+        Faults { expired_token: 0.08, ..Faults::default() },
+    )
+    .await;
+    std::env::set_var("AWS_ENDPOINT_URL_S3", proxy.url());
+    let dir = env.destination_dir();
+    let mut worker = env.worker_config();
+    worker.page_size = 10;
+    worker.destination = Some(format!("file://{}", dir.display()));
+    let fleet = env.start(vec![env.scheduler_config()], vec![worker]).await;
+    let mut copy = env.request("expired", &["x/"]);
+    copy["mode"] = json!("copy");
+    let status = env.wait_final(env.submit(&copy).await).await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(
+        (status["objects_imported"].as_i64(), status["objects_failed"].as_i64()),
+        (Some(150), Some(0))
+    );
+    let expired = proxy.counts.expired.load(Ordering::Relaxed);
+    let renewals =
+        tether_tests::captured_logs().matches("S3 refused the session; renewing it once.").count() as u64;
+    eprintln!("fault proxy: {expired} requests answered ExpiredToken, {renewals} renewals");
+    assert!(expired >= 3, "too few expired sessions to mean anything: {expired}");
+    assert!(renewals >= 1, "no session was renewed");
+    let refreshes = tether_shared::telemetry::metrics().credential_refreshes.with_label_values(&["s3"]).get();
+    assert!(refreshes > 1, "the role was assumed only once");
     fleet.stop().await;
 }

@@ -136,6 +136,12 @@ impl StsCredentials {
         })
     }
 
+    /// Forgets the role's session, so that the next request assumes the role
+    /// again (the store refused the session before its time).
+    pub async fn invalidate(&self, key: &RoleKey) {
+        *self.slot(key).lock().await = None;
+    }
+
     /// A credentials provider for SDK clients that reads this cache.
     pub fn provider(self: &Arc<Self>, key: RoleKey) -> RoleProvider {
         RoleProvider { sts: Arc::clone(self), key }

@@ -72,6 +72,9 @@ pub enum StorageError {
     /// The bytes read are not what the listing promised (size, checksum).
     #[error("{0}")]
     Corrupt(String),
+    /// The store refused the session as expired or unknown: renew it.
+    #[error("the store refused the session credentials: {0}")]
+    CredentialsExpired(String),
     /// Credentials for the customer's bucket were refused or are unavailable.
     #[error(transparent)]
     Credentials(#[from] CredentialError),
@@ -93,6 +96,7 @@ impl StorageError {
             self,
             StorageError::Throttled(_)
                 | StorageError::Unavailable(_)
+                | StorageError::CredentialsExpired(_)
                 | StorageError::Credentials(CredentialError::Unavailable(_))
         )
     }
@@ -103,9 +107,9 @@ impl StorageError {
             StorageError::BucketNotFound(_) | StorageError::ObjectNotFound(_) => "not_found",
             StorageError::Changed(_) => "changed_during_copy",
             StorageError::Corrupt(_) => "checksum_mismatch",
-            StorageError::AccessDenied(_) | StorageError::Credentials(CredentialError::Refused { .. }) => {
-                "access_denied"
-            }
+            StorageError::AccessDenied(_)
+            | StorageError::CredentialsExpired(_)
+            | StorageError::Credentials(CredentialError::Refused { .. }) => "access_denied",
             StorageError::Throttled(_) => "throttled",
             StorageError::Unavailable(_)
             | StorageError::Credentials(CredentialError::Unavailable(_))

@@ -50,12 +50,16 @@ impl S3Sources {
         let client = clients
             .entry((key.clone(), region_name))
             .or_insert_with(|| {
-                let config =
-                    self.base.clone().region(region).credentials_provider(self.sts.provider(key)).build();
+                let config = self
+                    .base
+                    .clone()
+                    .region(region)
+                    .credentials_provider(self.sts.provider(key.clone()))
+                    .build();
                 aws_sdk_s3::Client::from_conf(config)
             })
             .clone();
-        Ok(S3Bucket { client, bucket: source.bucket.clone() })
+        Ok(S3Bucket { client, bucket: source.bucket.clone(), sts: Arc::clone(&self.sts), role: key })
     }
 }
 
@@ -64,11 +68,45 @@ impl S3Sources {
 pub struct S3Bucket {
     client: aws_sdk_s3::Client,
     bucket: String,
+    sts: Arc<StsCredentials>,
+    role: RoleKey,
 }
 
 #[async_trait::async_trait]
 impl ObjectSource for S3Bucket {
     async fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+        max_keys: u32,
+    ) -> Result<ListPage, StorageError> {
+        self.renewing(|| self.list_once(prefix, token, max_keys)).await
+    }
+
+    async fn read(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {
+        self.renewing(|| self.read_once(key, etag)).await
+    }
+}
+
+impl S3Bucket {
+    /// Runs `call`; if S3 refused the session (expired or revoked before its
+    /// time), renews it once and runs `call` again.
+    async fn renewing<T, F, Fut>(&self, call: F) -> Result<T, StorageError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StorageError>>,
+    {
+        match call().await {
+            Err(StorageError::CredentialsExpired(reason)) => {
+                tracing::info!(role_arn = %self.role.role_arn, %reason, "S3 refused the session; renewing it once.");
+                self.sts.invalidate(&self.role).await;
+                call().await
+            }
+            other => other,
+        }
+    }
+
+    async fn list_once(
         &self,
         prefix: &str,
         token: Option<&str>,
@@ -112,7 +150,7 @@ impl ObjectSource for S3Bucket {
         Ok(ListPage { objects, next })
     }
 
-    async fn read(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {
+    async fn read_once(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {
         let output = self
             .client
             .get_object()
@@ -200,6 +238,9 @@ impl S3Bucket {
             (301, _) | (_, "PermanentRedirect") | (_, "AuthorizationHeaderMalformed") => StorageError::BucketNotFound(format!(
                 "The bucket s3://{bucket} is in another region: set source.region to the bucket's region"
             )),
+            (_, "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired" | "InvalidAccessKeyId") => {
+                StorageError::CredentialsExpired(format!("S3 {status} {code}"))
+            }
             (_, "AccessDenied") | (403, _) => StorageError::AccessDenied(format!(
                 "Access denied listing s3://{bucket}/{prefix}: the role needs s3:ListBucket on arn:aws:s3:::{bucket} for this prefix"
             )),
