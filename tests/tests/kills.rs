@@ -58,18 +58,18 @@ async fn run_with_kills(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkilled_workers_lose_nothing_and_double_nothing() {
     let env = TestEnv::new().await;
-    env.put_many((0..2000).map(|i| format!("k/{i:04}.jpg"))).await;
+    env.put_many((0..20_000).map(|i| format!("k/{i:05}.jpg"))).await;
     let mut scheduler = env.scheduler_config();
     scheduler.republish_after_secs = 3.0;
     let fleet = env.start(vec![scheduler], vec![]).await;
     let dir = env.destination_dir();
     let settings = [
-        ("TETHER_LIST_PAGE_SIZE", "10".to_owned()),
+        ("TETHER_LIST_PAGE_SIZE", "100".to_owned()),
         ("TETHER_COPY_BATCH_OBJECTS", "10".to_owned()),
         ("TETHER_DESTINATION", format!("file://{}", dir.display())),
     ];
 
-    let link = run_with_kills(&env, env.request("killed-link", &["k/"]), &settings, 250).await;
+    let link = run_with_kills(&env, env.request("killed-link", &["k/"]), &settings, 3000).await;
     assert_eq!(link["state"], "succeeded", "{link}");
     assert_eq!(
         (
@@ -78,11 +78,12 @@ async fn sigkilled_workers_lose_nothing_and_double_nothing() {
             link["objects_skipped"].as_i64(),
             link["objects_failed"].as_i64()
         ),
-        (Some(2000), Some(2000), Some(0), Some(0))
+        (Some(20_000), Some(20_000), Some(0), Some(0))
     );
-    assert_eq!(env.images("killed-link").await.len(), 2000);
+    assert_eq!(env.images("killed-link").await.len(), 20_000);
 
-    let mut copy = env.request("killed-copy", &["k/"]);
+    // The copy import takes 2,000 of them (k/00000 to k/01999).
+    let mut copy = env.request("killed-copy", &["k/00", "k/01"]);
     copy["mode"] = json!("copy");
     let copied = run_with_kills(&env, copy, &settings, 150).await;
     assert_eq!(copied["state"], "succeeded", "{copied}");
@@ -90,7 +91,7 @@ async fn sigkilled_workers_lose_nothing_and_double_nothing() {
         (copied["objects_imported"].as_i64(), copied["objects_failed"].as_i64()),
         (Some(2000), Some(0))
     );
-    let total: i64 = (0..2000).map(|i| format!("k/{i:04}.jpg").len() as i64).sum();
+    let total: i64 = (0..2000).map(|i| format!("k/{i:05}.jpg").len() as i64).sum();
     assert_eq!(copied["bytes_copied"], total, "each object's bytes counted once");
     assert_eq!(
         env.stored("killed-copy").await.values().filter(|(s, u)| s == "copy" && u.is_some()).count(),
