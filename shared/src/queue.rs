@@ -152,8 +152,11 @@ pub fn reconnect_delays() -> impl Iterator<Item = std::time::Duration> {
 /// that publishes through the link uses it from then on. Clones share it.
 #[derive(Clone, Debug, Default)]
 pub struct Link {
-    current: Arc<RwLock<Option<(Arc<Connection>, Publisher)>>>,
+    current: Arc<RwLock<Option<Session>>>,
 }
+
+/// A connection and the publisher opened on it.
+type Session = (Arc<Connection>, Publisher);
 
 impl Link {
     /// Connects, declares the topology, opens a publisher; returns the
