@@ -49,12 +49,13 @@ impl Handler {
             .without_max_times();
         let result = (|| self.process(&delivery))
             .retry(backoff)
-            .when(|_| !shutdown.is_cancelled())
+            .when(|_| !shutdown.is_cancelled() && !delivery.acker.poisoned())
             .notify(|error, delay| tracing::warn!(%error, ?delay, "Cannot handle a request yet; retrying."))
             .await;
         let (sent, action) = match result {
             Ok(()) => (delivery.ack(BasicAckOptions::default()).await, "acked"),
-            // Shutting down mid-outage: hand the request back untouched.
+            // Shutting down mid-outage, or the channel died (the broker
+            // redelivers it, and the consumer loop reconnects): hand it back.
             Err(_) => {
                 (delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await, "requeued")
             }
