@@ -265,3 +265,42 @@ async fn copy_without_a_destination_fails_with_a_sentence() {
     assert!(status["error"].as_str().is_some_and(|e| e.contains("TETHER_DESTINATION")), "{status}");
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bucket_gone_before_copying_fails_the_import_once_and_counts_add_up() {
+    let env = TestEnv::new().await;
+    let objects = seed(&env, "gone/", 30).await;
+    let dir = env.destination_dir();
+    let mut lister = env.worker_config();
+    lister.kinds = vec!["list".into()];
+    lister.destination = Some(format!("file://{}", dir.display()));
+    let fleet = env.start(vec![env.scheduler_config()], vec![lister.clone()]).await;
+    let id = env.submit(&copy_request(&env, "gone", &["gone/"])).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env.status(id).await.is_none_or(|s| s["objects_listed"] != 30) {
+        assert!(tokio::time::Instant::now() < deadline, "not listed in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for key in objects.keys() {
+        env.delete(key).await;
+    }
+    env.s3.delete_bucket().bucket(&env.bucket).send().await.expect("delete the bucket");
+    let mut copier = lister;
+    copier.kinds = vec!["copy".into()];
+    let copiers = env.start(vec![], vec![copier]).await;
+    let status = env.wait_final(id).await;
+    assert_eq!(status["state"], "failed", "{status}");
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&format!("s3://{}", env.bucket)) && error.contains("does not exist"), "{error}");
+    // One clear error for the import; every object still accounted for.
+    assert_eq!((status["objects_imported"].as_i64(), status["objects_failed"].as_i64()), (Some(0), Some(30)));
+    let failures = env.failures(id).await;
+    assert_eq!(failures.len(), 30);
+    assert!(failures.iter().all(|(_, code)| code == "not_found"), "{failures:?}");
+    // Once per copy task in hand (a worker holds two), not once per object.
+    let failed = tether_tests::captured_logs().matches("The import cannot run.").count();
+    assert!((1..=2).contains(&failed), "the import failed {failed} times");
+    copiers.stop().await;
+    env.s3.create_bucket().bucket(&env.bucket).send().await.expect("recreate for the clean-up");
+    fleet.stop().await;
+}

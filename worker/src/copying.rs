@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use tether_shared::contract::ImportRequest;
+use tether_shared::credentials::CredentialError;
 use tether_shared::db::tasks::{CopyItem, CopyOutcome, FailureRow, TaskContext};
 use tether_shared::db::DbError;
 use tether_shared::destination::{object_key, verified, Destination, DestinationError};
-use tether_shared::storage::ObjectSource;
+use tether_shared::storage::{ObjectSource, StorageError};
 use tokio::sync::Semaphore;
 
 use tether_shared::telemetry::metrics;
@@ -33,13 +34,18 @@ impl Copier {
         Self { destination, slots: Semaphore::new(concurrency), max_attempts: max_attempts.max(1) }
     }
 
+    /// Copies a batch; `Err` when an object's failure concerns the whole
+    /// import (the bucket is gone, the role refused), which then fails once.
     async fn copy_all(
         &self,
         source: &dyn ObjectSource,
         request: &ImportRequest,
         items: &[CopyItem],
-    ) -> Vec<CopyOutcome> {
-        futures_util::future::join_all(items.iter().map(|item| self.copy_one(source, request, item))).await
+    ) -> Result<Vec<CopyOutcome>, StorageError> {
+        futures_util::future::join_all(items.iter().map(|item| self.copy_one(source, request, item)))
+            .await
+            .into_iter()
+            .collect()
     }
 
     async fn copy_one(
@@ -47,7 +53,7 @@ impl Copier {
         source: &dyn ObjectSource,
         request: &ImportRequest,
         item: &CopyItem,
-    ) -> CopyOutcome {
+    ) -> Result<CopyOutcome, StorageError> {
         let url = request.source.url(&item.key);
         let key = object_key(&request.workspace_id, &request.dataset_id, &url);
         let size = u64::try_from(item.size).unwrap_or(0);
@@ -68,6 +74,13 @@ impl Copier {
             .when(DestinationError::is_transient)
             .notify(|error, delay| tracing::debug!(%error, ?delay, "Copy failed; retrying."))
             .await;
+        let result = match result {
+            Err(DestinationError::Source(
+                error @ (StorageError::BucketNotFound(_)
+                | StorageError::Credentials(CredentialError::Refused { .. })),
+            )) => return Err(error),
+            other => other,
+        };
         let result = result.map_err(|error| FailureRow {
             source_url: url.clone(),
             code: error.code(),
@@ -75,7 +88,7 @@ impl Copier {
             attempts: attempts.load(Ordering::Relaxed),
             object: Some(item.clone()),
         });
-        CopyOutcome { item: item.clone(), result }
+        Ok(CopyOutcome { item: item.clone(), result })
     }
 }
 
@@ -83,7 +96,7 @@ impl Worker {
     /// Copies one batch and commits it.
     pub(crate) async fn copy(&self, task: &TaskContext, items: &[CopyItem]) -> Result<Outcome, DbError> {
         let Some(copier) = &self.copier else {
-            self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED).await?;
+            self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED, "unavailable").await?;
             return Ok(Outcome::Done);
         };
         let source = match self.sources.open(&task.request.source).await {
@@ -98,7 +111,13 @@ impl Worker {
                 return Ok(Outcome::Done);
             }
         };
-        let outcomes = copier.copy_all(source.as_ref(), &task.request, items).await;
+        let outcomes = match copier.copy_all(source.as_ref(), &task.request, items).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                self.fail_import(task, &error).await?;
+                return Ok(Outcome::Done);
+            }
+        };
         let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
         if self.store.commit_copies(task, &outcomes).await? {
             tracing::debug!(copied = outcomes.len() - failed, failed, "Copy batch committed.");

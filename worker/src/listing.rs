@@ -21,7 +21,7 @@ impl Worker {
         continuation: Option<&str>,
     ) -> Result<Outcome, DbError> {
         if task.request.mode == Mode::Copy && self.copier.is_none() {
-            self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED).await?;
+            self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED, "unavailable").await?;
             return Ok(Outcome::Done);
         }
         let listed = match self.sources.open(&task.request.source).await {
@@ -127,6 +127,6 @@ impl Worker {
             other => other.to_string(),
         };
         tracing::warn!(error = %sentence, "The import cannot run.");
-        self.store.fail_import(task.import_id, &sentence).await
+        self.store.fail_import(task.import_id, &sentence, error.code()).await
     }
 }

@@ -294,22 +294,50 @@ impl Store {
         Ok(true)
     }
 
-    /// Fails a whole import (credentials refused, bucket missing): its other
-    /// tasks stop and the scheduler makes it `failed` with `error`.
-    pub async fn fail_import(&self, import_id: Uuid, error: &str) -> Result<(), DbError> {
+    /// Fails a whole import (credentials refused, bucket missing) once: its
+    /// listing tasks stop (a requeue resumes them), the objects of its
+    /// pending copy tasks are recorded as failed with `code` in one statement
+    /// (a requeue copies them again), and the scheduler makes it `failed`
+    /// with `error`. Its counts still add up: imported + skipped + failed =
+    /// listed.
+    pub async fn fail_import(&self, import_id: Uuid, error: &str, code: &'static str) -> Result<(), DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // Tasks first, then the import: the order page commits lock them in.
+        let stopped = tx
+            .query(
+                "UPDATE tether.tasks SET state = CASE kind WHEN 'copy' THEN 'done' ELSE 'cancelled' END,
+                        seq = seq + 1, updated_at = now()
+                 WHERE import_id = $1 AND state = 'pending'
+                 RETURNING items",
+                &[&import_id],
+            )
+            .await?;
+        let request: Option<Value> = tx
+            .query_opt("SELECT request FROM tether.imports WHERE import_id = $1", &[&import_id])
+            .await?
+            .and_then(|r| r.get(0));
+        let mut failures = Vec::new();
+        if let Some(request) = request.as_ref().and_then(|r| ImportRequest::from_stored_json(r).ok()) {
+            for row in &stopped {
+                let Some(items) = row.get::<_, Option<Value>>(0) else { continue };
+                let items: Vec<CopyItem> = serde_json::from_value(items)
+                    .map_err(|e| DbError::Corrupt(format!("copy task items: {e}")))?;
+                failures.extend(items.into_iter().map(|item| FailureRow {
+                    source_url: request.source.url(&item.key),
+                    code,
+                    message: error.to_owned(),
+                    attempts: 0,
+                    object: Some(item),
+                }));
+            }
+        }
+        insert_failures(&tx, import_id, &failures).await?;
         tx.execute(
-            "UPDATE tether.tasks SET state = 'cancelled', updated_at = now()
-             WHERE import_id = $1 AND state = 'pending'",
-            &[&import_id],
-        )
-        .await?;
-        tx.execute(
-            "UPDATE tether.imports SET error = coalesce(error, $2), started_at = coalesce(started_at, now())
+            "UPDATE tether.imports SET error = coalesce(error, $2), started_at = coalesce(started_at, now()),
+                    objects_failed = objects_failed + $3
              WHERE import_id = $1 AND state IN ('queued', 'running')",
-            &[&import_id, &error],
+            &[&import_id, &error, &(failures.len() as i64)],
         )
         .await?;
         tx.commit().await?;

@@ -204,6 +204,7 @@ impl S3Bucket {
                     (412, _) | (_, Some("PreconditionFailed")) => StorageError::Changed(format!(
                         "{url} changed after it was listed; requeue the import to copy the new version"
                     )),
+                    (_, Some("NoSuchBucket")) => self.classify("", error),
                     (404, _) | (_, Some("NoSuchKey")) => {
                         StorageError::ObjectNotFound(format!("{url} was deleted after it was listed"))
                     }
