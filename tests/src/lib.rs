@@ -340,6 +340,19 @@ impl TestEnv {
         }
     }
 
+    /// Waits until the import has listed `objects` objects (and so recorded
+    /// all its copy tasks, in copy mode).
+    pub async fn wait_listed(&self, import_id: Uuid, objects: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.status(import_id).await.is_none_or(|s| s["objects_listed"] != objects) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "import {import_id} did not list {objects} objects in time"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn wait_final(&self, import_id: Uuid) -> Value {
         self.wait_final_within(import_id, Duration::from_secs(60)).await
     }

@@ -176,11 +176,7 @@ async fn objects_changed_or_deleted_between_listing_and_copy_fail_with_their_cod
     let fleet = env.start(vec![env.scheduler_config()], vec![lister.clone()]).await;
     let id = env.submit(&copy_request(&env, "race", &["race/"])).await;
     // Listed, not yet copied: no worker takes copy tasks.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while env.status(id).await.is_none_or(|s| s["objects_listed"] != 12) {
-        assert!(tokio::time::Instant::now() < deadline, "not listed in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.wait_listed(id, 12).await;
     env.put("race/img_003.jpg", b"rewritten after listing").await;
     env.delete("race/img_007.jpg").await;
     let mut copier = lister;
@@ -276,11 +272,7 @@ async fn a_bucket_gone_before_copying_fails_the_import_once_and_counts_add_up() 
     lister.destination = Some(format!("file://{}", dir.display()));
     let fleet = env.start(vec![env.scheduler_config()], vec![lister.clone()]).await;
     let id = env.submit(&copy_request(&env, "gone", &["gone/"])).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while env.status(id).await.is_none_or(|s| s["objects_listed"] != 30) {
-        assert!(tokio::time::Instant::now() < deadline, "not listed in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.wait_listed(id, 30).await;
     for key in objects.keys() {
         env.delete(key).await;
     }

@@ -102,11 +102,7 @@ async fn requeue_after_the_cause_is_fixed_turns_a_partial_import_into_a_success(
     let mut request = env.request("requeue", &["rq/"]);
     request["mode"] = json!("copy");
     let id = env.submit(&request).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while env.status(id).await.is_none_or(|s| s["objects_listed"] != 8) {
-        assert!(tokio::time::Instant::now() < deadline, "not listed in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.wait_listed(id, 8).await;
     env.delete("rq/3.jpg").await; // the cause
     let mut copier = lister;
     copier.kinds = vec!["copy".into()];
