@@ -82,24 +82,14 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
     let stop = shutdown.child_token();
     let keeper_task = tokio::spawn(keeper.run(tick, stop.clone()));
 
-    let mut reconnects = queue::reconnect_delays();
     loop {
         match consume(&handler, &connection, &stop).await {
             Ok(()) => break,
             Err(error) => {
-                let delay = reconnects.next().unwrap_or(Duration::from_secs(30));
-                tracing::warn!(%error, ?delay, "Lost RabbitMQ; reconnecting.");
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                match link.establish(&config.common.amqp_url, "tether-scheduler").await {
-                    Ok(fresh) => {
-                        tracing::info!("Reconnected to RabbitMQ.");
-                        connection = fresh;
-                        reconnects = queue::reconnect_delays();
-                    }
-                    Err(error) => tracing::warn!(%error, "Cannot reconnect to RabbitMQ yet."),
+                tracing::warn!(%error, "Lost RabbitMQ; reconnecting.");
+                match link.reconnect(&config.common.amqp_url, "tether-scheduler", &stop).await {
+                    Some(fresh) => connection = fresh,
+                    None => break,
                 }
             }
         }

@@ -8,6 +8,8 @@
 
 use std::sync::{Arc, PoisonError, RwLock};
 
+use tokio_util::sync::CancellationToken;
+
 use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
@@ -137,7 +139,7 @@ pub async fn consumer_channel(connection: &Connection, prefetch: u16) -> Result<
 }
 
 /// Delays between attempts to reconnect: jittered, 1 s growing to 30 s.
-pub fn reconnect_delays() -> impl Iterator<Item = std::time::Duration> {
+fn reconnect_delays() -> impl Iterator<Item = std::time::Duration> {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
         .with_min_delay(std::time::Duration::from_secs(1))
@@ -169,6 +171,31 @@ impl Link {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) =
             Some((Arc::clone(&connection), publisher));
         Ok(connection)
+    }
+
+    /// After a lost connection: tries to establish a new one with jittered
+    /// backoff (1 s to 30 s) until it works (`Some`) or `stop` is cancelled
+    /// (`None`).
+    pub async fn reconnect(
+        &self,
+        url: &Secret,
+        name: &str,
+        stop: &CancellationToken,
+    ) -> Option<Arc<Connection>> {
+        for delay in reconnect_delays() {
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                () = tokio::time::sleep(delay) => {}
+            }
+            match self.establish(url, name).await {
+                Ok(connection) => {
+                    tracing::info!("Reconnected to RabbitMQ.");
+                    return Some(connection);
+                }
+                Err(error) => tracing::warn!(%error, ?delay, "Cannot reconnect to RabbitMQ yet."),
+            }
+        }
+        None
     }
 
     /// The current publisher.

@@ -160,26 +160,16 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     tracing::info!(kinds = ?config.kinds, concurrency = config.concurrency, copy_concurrency = config.copy_concurrency, "Worker started.");
 
     let mut in_flight = JoinSet::new();
-    let mut reconnects = queue::reconnect_delays();
     loop {
         match consume(&worker, &config, &connection, &shutdown, &mut in_flight).await {
             Ok(()) => break,
             Err(error) => {
                 // Tasks in hand finish on their own; their acks fail with the
                 // old channel and the broker redelivers them: harmless.
-                let delay = reconnects.next().unwrap_or(Duration::from_secs(30));
-                tracing::warn!(%error, ?delay, "Lost RabbitMQ; reconnecting.");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                match link.establish(&config.common.amqp_url, "tether-worker").await {
-                    Ok(fresh) => {
-                        tracing::info!("Reconnected to RabbitMQ.");
-                        connection = fresh;
-                        reconnects = queue::reconnect_delays();
-                    }
-                    Err(error) => tracing::warn!(%error, "Cannot reconnect to RabbitMQ yet."),
+                tracing::warn!(%error, "Lost RabbitMQ; reconnecting.");
+                match link.reconnect(&config.common.amqp_url, "tether-worker", &shutdown).await {
+                    Some(fresh) => connection = fresh,
+                    None => break,
                 }
             }
         }
