@@ -353,6 +353,25 @@ impl TestEnv {
         }
     }
 
+    /// Waits until the import has imported at least `objects` objects, or
+    /// ended. Tolerates a database that is briefly unreachable.
+    pub async fn wait_imported(&self, import_id: Uuid, objects: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(Some(s)) = self.store.import_status(import_id).await {
+                let ended = FINAL_STATES.contains(&s["state"].as_str().unwrap_or_default());
+                if ended || s["objects_imported"].as_i64().unwrap_or(0) >= objects {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "import {import_id} made no progress to {objects} objects"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn wait_final(&self, import_id: Uuid) -> Value {
         self.wait_final_within(import_id, Duration::from_secs(60)).await
     }

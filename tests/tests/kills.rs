@@ -10,24 +10,6 @@ use tokio::process::Child;
 
 const KILLS: usize = 5;
 
-/// Waits until the import has imported `at_least` objects (or ended).
-async fn progress(env: &TestEnv, id: uuid::Uuid, at_least: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let Some(status) = env.status(id).await else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
-        let done = ["succeeded", "partially_succeeded", "failed", "cancelled"]
-            .contains(&status["state"].as_str().unwrap_or(""));
-        if done || status["objects_imported"].as_i64().unwrap_or(0) >= at_least {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no progress: {status}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn kill(worker: &mut Child) {
     worker.start_kill().expect("SIGKILL"); // kill_on_drop's signal is SIGKILL
     let _ = worker.wait().await;
@@ -43,7 +25,7 @@ async fn run_with_kills(
     let mut workers = [env.spawn_worker_process(settings), env.spawn_worker_process(settings)];
     let id = env.submit(&request).await;
     for k in 0..KILLS {
-        progress(env, id, step * (k as i64 + 1)).await;
+        env.wait_imported(id, step * (k as i64 + 1)).await;
         let victim = &mut workers[k % 2];
         kill(victim).await;
         *victim = env.spawn_worker_process(settings);
@@ -110,7 +92,7 @@ async fn sigterm_stops_a_worker_cleanly_and_its_work_is_handed_on() {
     let settings = [("TETHER_LIST_PAGE_SIZE", "2".to_owned()), ("TETHER_DRAIN_SECS", "10".to_owned())];
     let mut worker = env.spawn_worker_process(&settings);
     let id = env.submit(&env.request("sigterm", &["t/"])).await;
-    progress(&env, id, 20).await;
+    env.wait_imported(id, 20).await;
     let pid = worker.id().expect("running");
     let sent = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().expect("kill");
     assert!(sent.success());

@@ -183,11 +183,7 @@ async fn cancel_stops_an_import_mid_listing_and_keeps_what_was_imported() {
     worker.page_size = 1;
     let fleet = env.start(vec![env.scheduler_config()], vec![worker]).await;
     let id = env.submit(&env.request("cancel", &["cx/"])).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while env.status(id).await.is_none_or(|s| s["objects_imported"].as_i64().unwrap_or(0) < 5) {
-        assert!(tokio::time::Instant::now() < deadline, "no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    env.wait_imported(id, 5).await;
     env.publish_raw(
         "import.cancel",
         json!({"import_id": id}).to_string().as_bytes(),

@@ -55,11 +55,7 @@ async fn lost_connections_are_re_established_and_nothing_is_lost_or_doubled() {
     worker.page_size = 2;
     let fleet = env.start(vec![env.scheduler_config()], vec![worker.clone(), worker]).await;
     let id = env.submit(&env.request("reconnect", &["conn/"])).await;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while env.status(id).await.is_none_or(|s| s["objects_imported"].as_i64().unwrap_or(0) < 20) {
-        assert!(tokio::time::Instant::now() < deadline, "no progress");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    env.wait_imported(id, 20).await;
     let closed = env.close_connections(&["tether-worker", "tether-scheduler"], 3).await;
     assert!(closed >= 3, "closed {closed} connections: the scheduler's and both workers'");
     let status = env.wait_final(id).await;

@@ -29,21 +29,6 @@ async fn wait_final_through_outages(env: &TestEnv, id: Uuid) -> serde_json::Valu
     }
 }
 
-async fn until_imported(env: &TestEnv, id: Uuid, n: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while env
-        .store
-        .import_status(id)
-        .await
-        .ok()
-        .flatten()
-        .is_none_or(|s| s["objects_imported"].as_i64().unwrap_or(0) < n)
-    {
-        assert!(tokio::time::Instant::now() < deadline, "no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn import_through(restart: &str, dataset: &str) {
     let env = TestEnv::new().await;
     env.put_many((0..600).map(|i| format!("r/{i:03}.jpg"))).await;
@@ -53,7 +38,7 @@ async fn import_through(restart: &str, dataset: &str) {
     worker.page_size = 3;
     let fleet = env.start(vec![scheduler], vec![worker.clone(), worker]).await;
     let id = env.submit(&env.request(dataset, &["r/"])).await;
-    until_imported(&env, id, 60).await;
+    env.wait_imported(id, 60).await;
     sh(restart);
     let status = wait_final_through_outages(&env, id).await;
     assert_eq!(status["state"], "succeeded", "{status}");
