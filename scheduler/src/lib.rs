@@ -75,6 +75,7 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
         store.clone(),
         link.clone(),
         ValidationOptions { gcs_allow_own_identity: config.gcs_allow_own_identity },
+        config.common.secrets_key.clone(),
     );
     let keeper = housekeeping::Keeper::new(store, link.clone(), config.republish_after_secs);
     // The scheduler's own token, so that stopping it stops the housekeeping

@@ -10,11 +10,13 @@ use backon::{ExponentialBuilder, Retryable};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tether_shared::contract::{
-    parse_request, CancelRequest, Rejection, ValidRequest, ValidationOptions, REQUEST_QUEUE, ROUTING_CANCEL,
+    parse_request, CancelRequest, ImportRequest, Rejection, Source, ValidRequest, ValidationOptions,
+    REQUEST_QUEUE, ROUTING_CANCEL,
 };
 use tether_shared::db::imports::{Cancelled, Recorded};
 use tether_shared::db::{DbError, Store};
 use tether_shared::queue::{Link, QueueError};
+use tether_shared::secrets::SecretsKey;
 use tether_shared::task::TaskKind;
 use tether_shared::telemetry::metrics;
 use tokio_util::sync::CancellationToken;
@@ -32,11 +34,17 @@ pub(crate) struct Handler {
     /// Publishes through whichever connection is current.
     link: Link,
     options: ValidationOptions,
+    secrets: Option<SecretsKey>,
 }
 
 impl Handler {
-    pub(crate) fn new(store: Store, link: Link, options: ValidationOptions) -> Self {
-        Self { store, link, options }
+    pub(crate) fn new(
+        store: Store,
+        link: Link,
+        options: ValidationOptions,
+        secrets: Option<SecretsKey>,
+    ) -> Self {
+        Self { store, link, options, secrets }
     }
 
     pub(crate) async fn handle(&self, delivery: Delivery, shutdown: &CancellationToken) {
@@ -79,7 +87,8 @@ impl Handler {
         let content_type = delivery.properties.content_type().as_ref().map(|c| c.as_str());
         match parse_request(&delivery.data, content_type, self.options) {
             Ok(ValidRequest { request, digest }) => {
-                match self.store.record_import(&request, &digest).await? {
+                let sealed = self.seal_secret(&request);
+                match self.store.record_import(&request, &digest, sealed.as_deref()).await? {
                     Recorded::Created(tasks) => {
                         tracing::info!(import_id = %request.import_id, tasks = tasks.len(), "Import recorded.");
                         let published =
@@ -112,6 +121,20 @@ impl Handler {
                 Ok(())
             }
             Err(Rejection { claim: None, reason }) => self.reject(delivery, &reason).await,
+        }
+    }
+
+    /// Seals an Azure request's SAS token for the workers. Without
+    /// `TETHER_SECRETS_KEY` nothing is kept, and the import fails with a
+    /// sentence saying so when a worker takes it up.
+    fn seal_secret(&self, request: &ImportRequest) -> Option<Vec<u8>> {
+        let Source::Azure(azure) = &request.source else { return None };
+        match &self.secrets {
+            Some(key) => Some(key.seal(&azure.sas_token, request.import_id)),
+            None => {
+                tracing::error!(import_id = %request.import_id, "An Azure import arrived, but TETHER_SECRETS_KEY is unset: the SAS token cannot be kept and the import will fail.");
+                None
+            }
         }
     }
 

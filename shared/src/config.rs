@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use crate::contract::Secret;
+use crate::secrets::SecretsKey;
 
 impl FromStr for Secret {
     type Err = std::convert::Infallible;
@@ -37,6 +38,10 @@ pub struct CommonConfig {
     /// Postgres connections per process.
     #[arg(long, env = "TETHER_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
+    /// 32 random bytes, base64: seals the SAS tokens Tether keeps in
+    /// Postgres. Schedulers and workers need the same key.
+    #[arg(long, env = "TETHER_SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<SecretsKey>,
     #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }

@@ -8,7 +8,10 @@
 //! - [`queue`]: the AMQP topology and a publisher that waits for confirms.
 //! - [`storage`]: the one trait every bucket provider implements.
 //! - [`destination`]: where copy mode writes (the platform's storage).
-//! - [`credentials`]: customer credentials (STS AssumeRole) with their cache.
+//! - [`credentials`]: customer credentials (STS AssumeRole, GCP service-account
+//!   impersonation) with their caches.
+//! - [`secrets`]: sealing the secrets Tether keeps (SAS tokens) with
+//!   `TETHER_SECRETS_KEY`.
 //! - [`task`]: the internal task message the scheduler and workers exchange.
 //! - [`telemetry`]: logging set-up and the metrics every process exposes.
 //! - [`shutdown`]: one cancellation token flipped by SIGTERM / SIGINT.
@@ -19,6 +22,7 @@ pub mod credentials;
 pub mod db;
 pub mod destination;
 pub mod queue;
+pub mod secrets;
 pub mod shutdown;
 pub mod storage;
 pub mod task;

@@ -26,6 +26,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// The `TETHER_SECRETS_KEY` of the tests' schedulers and workers.
+pub const TEST_SECRETS_KEY: &str = "dGV0aGVyLXRlc3Qtc2VjcmV0cy1rZXktMzItYnl0ZXM=";
+
 /// The queue each test binds to `import.finished` to watch FinishedEvents.
 const EVENTS_QUEUE: &str = "test.finished-events";
 const FINAL_STATES: [&str; 4] = ["succeeded", "partially_succeeded", "failed", "cancelled"];
@@ -143,6 +146,7 @@ impl TestEnv {
             amqp_url: Secret::new(self.amqp_url.clone()),
             metrics_addr: None,
             db_pool_size: 8,
+            secrets_key: Some(TEST_SECRETS_KEY.parse().expect("the test key is 32 bytes")),
             log_format: LogFormat::Text,
         }
     }
@@ -164,6 +168,8 @@ impl TestEnv {
             concurrency: 4,
             sts_refresh_margin_secs: 900,
             s3_force_path_style: true,
+            storage_emulator_host: Some(service_var("STORAGE_EMULATOR_HOST")),
+            azure_blob_endpoint: service_var("TETHER_AZURE_BLOB_ENDPOINT"),
             max_attempts: 3,
             drain_secs: 5,
             kinds: vec!["list".into(), "copy".into()],
@@ -185,6 +191,7 @@ impl TestEnv {
             .env("TETHER_DATABASE_URL", &self.database_url)
             .env("TETHER_AMQP_URL", &self.amqp_url)
             .env("TETHER_S3_FORCE_PATH_STYLE", "true")
+            .env("TETHER_SECRETS_KEY", TEST_SECRETS_KEY)
             .env("RUST_LOG", "warn")
             .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(std::process::Stdio::null())

@@ -27,11 +27,14 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::FieldTable;
 use lapin::Channel;
 use tether_shared::config::CommonConfig;
+use tether_shared::credentials::gcp::GcpTokens;
 use tether_shared::credentials::sts::StsCredentials;
 use tether_shared::db::tasks::{Batching, Work};
 use tether_shared::db::{DbError, Store};
 use tether_shared::destination::{self, DestinationError};
 use tether_shared::queue::{self, Link, QueueError};
+use tether_shared::storage::azure::{self, AzureSources};
+use tether_shared::storage::gcs::{GcsApi, GcsSources};
 use tether_shared::storage::s3::S3Sources;
 use tether_shared::storage::Sources;
 use tether_shared::task::{TaskKind, TaskMessage};
@@ -62,9 +65,17 @@ pub struct WorkerConfig {
     /// Listing tasks one worker handles at once (also their AMQP prefetch).
     #[arg(long, env = "TETHER_WORKER_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=300))]
     pub concurrency: u16,
-    /// Renew customer credentials this many seconds before they expire.
+    /// Renew customer credentials (STS sessions, impersonated GCP tokens)
+    /// this many seconds before they expire.
     #[arg(long, env = "TETHER_STS_REFRESH_MARGIN_SECS", default_value_t = 900)]
     pub sts_refresh_margin_secs: u64,
+    /// A GCS emulator (`http://host:port`); unset, the real GCS with
+    /// Tether's own Google identity.
+    #[arg(long, env = "STORAGE_EMULATOR_HOST")]
+    pub storage_emulator_host: Option<String>,
+    /// Azure Blob endpoint template with `{account}` in it.
+    #[arg(long, env = "TETHER_AZURE_BLOB_ENDPOINT", default_value = azure::DEFAULT_ENDPOINT)]
+    pub azure_blob_endpoint: String,
     /// Path-style S3 addressing, for S3-compatible stores.
     #[arg(long, env = "TETHER_S3_FORCE_PATH_STYLE", default_value_t = false, action = clap::ArgAction::Set)]
     pub s3_force_path_style: bool,
@@ -75,7 +86,8 @@ pub struct WorkerConfig {
     /// Seconds to finish tasks in hand after SIGTERM before handing them back.
     #[arg(long, env = "TETHER_DRAIN_SECS", default_value_t = 30)]
     pub drain_secs: u64,
-    /// Where copy mode writes: `s3://bucket/prefix` or `file:///dir`. Unset:
+    /// Where copy mode writes: `s3://bucket/prefix`, `gs://bucket/prefix` or
+    /// `file:///dir`. Unset:
     /// copy imports fail with an error saying so.
     #[arg(long, env = "TETHER_DESTINATION")]
     pub destination: Option<String>,
@@ -106,6 +118,8 @@ pub enum WorkerError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Destination(#[from] DestinationError),
+    #[error("cannot build the HTTP client for GCS and Azure: {0}")]
+    Http(String),
     #[error("the task consumer stopped: {0}")]
     ConsumerLost(String),
     #[error("cannot serve metrics on TETHER_METRICS_ADDR: {0}")]
@@ -127,10 +141,19 @@ enum Outcome {
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let store = Store::connect(&config.common.database_url, config.common.db_pool_size)?;
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let refresh_margin = Duration::from_secs(config.sts_refresh_margin_secs);
+    // One HTTP client (one connection pool) for GCS, Azure and IAM.
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| WorkerError::Http(e.without_url().to_string()))?;
+    let gcp_tokens = Arc::new(GcpTokens::new(http.clone(), refresh_margin));
+    let gcs = GcsApi::new(http.clone(), config.storage_emulator_host.as_deref(), gcp_tokens);
     let destination = match &config.destination {
-        Some(url) => {
-            Some(destination::open(url, &sdk, config.s3_force_path_style, config.copy_part_bytes).await?)
-        }
+        Some(url) => Some(
+            destination::open(url, &sdk, config.s3_force_path_style, &gcs, config.copy_part_bytes).await?,
+        ),
         None => None,
     };
     let link = Link::default();
@@ -140,14 +163,16 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         let ready = Readiness { store: store.clone(), amqp: link.clone() };
         telemetry::serve(addr, ready, shutdown.clone()).await.map_err(WorkerError::Metrics)?;
     }
-    let sts = Arc::new(StsCredentials::new(
-        aws_sdk_sts::Client::new(&sdk),
-        Duration::from_secs(config.sts_refresh_margin_secs),
-    ));
+    let sts = Arc::new(StsCredentials::new(aws_sdk_sts::Client::new(&sdk), refresh_margin));
     let worker = Arc::new(Worker {
         store,
         link: link.clone(),
-        sources: Sources::new(S3Sources::new(&sdk, sts, config.s3_force_path_style)),
+        sources: Sources::new(
+            S3Sources::new(&sdk, sts, config.s3_force_path_style),
+            GcsSources::new(gcs),
+            AzureSources::new(http, Some(&config.azure_blob_endpoint)),
+            config.common.secrets_key.clone(),
+        ),
         page_size: config.page_size,
         max_attempts: config.max_attempts,
         batching: Batching {

@@ -24,7 +24,11 @@ impl Worker {
             self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED, "unavailable").await?;
             return Ok(Outcome::Done);
         }
-        let listed = match self.sources.open(&task.request.source).await {
+        let listed = match self
+            .sources
+            .open(&task.request.source, task.import_id, task.sealed_secret.as_deref())
+            .await
+        {
             Ok(source) => source.list_page(prefix, continuation, self.page_size).await,
             Err(error) => Err(error),
         };

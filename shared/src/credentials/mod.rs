@@ -1,8 +1,10 @@
 //! Customer credentials: how Tether gets the right to read a customer's
-//! bucket. One module per mechanism; today STS `AssumeRole` for S3
-//! ([`sts`]). Each caches what it obtained and refreshes it a configurable
+//! bucket. One module per mechanism: STS `AssumeRole` for S3 ([`sts`]) and
+//! service-account impersonation for GCS ([`gcp`]); Azure's SAS token comes
+//! with the request. Each caches what it obtained and refreshes it a configurable
 //! margin before it expires, because a long import outlives one session.
 
+pub mod gcp;
 pub mod sts;
 
 /// Why credentials for a customer's bucket could not be had.

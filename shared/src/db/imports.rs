@@ -50,14 +50,15 @@ impl Store {
         &self,
         request: &ImportRequest,
         digest: &[u8; 32],
+        sealed_secret: Option<&[u8]>,
     ) -> Result<Recorded, DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let inserted = tx
             .execute(
                 "INSERT INTO tether.imports
-                     (import_id, request_digest, request, workspace_id, dataset_id, mode, provider, state)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued')
+                     (import_id, request_digest, request, workspace_id, dataset_id, mode, provider, state, source_secret)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8)
                  ON CONFLICT (import_id) DO NOTHING",
                 &[
                     &request.import_id,
@@ -67,6 +68,7 @@ impl Store {
                     &request.dataset_id,
                     &request.mode.as_str(),
                     &request.source.provider(),
+                    &sealed_secret,
                 ],
             )
             .await?;

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../../../migrations/0001_init.sql")),
     ("0002_copy_tasks", include_str!("../../../migrations/0002_copy_tasks.sql")),
     ("0003_failure_objects", include_str!("../../../migrations/0003_failure_objects.sql")),
+    ("0004_source_secret", include_str!("../../../migrations/0004_source_secret.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises schedulers

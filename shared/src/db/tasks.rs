@@ -36,7 +36,11 @@ pub struct TaskContext {
     pub message: TaskMessage,
     pub import_id: Uuid,
     pub work: Work,
+    /// The request as stored: an Azure source's SAS token is in
+    /// `sealed_secret`, not here.
     pub request: ImportRequest,
+    /// What the scheduler sealed for this import (an Azure SAS token).
+    pub sealed_secret: Option<Vec<u8>>,
 }
 
 /// What a task does.
@@ -133,7 +137,7 @@ impl Store {
             .client()
             .await?
             .query_opt(
-                "SELECT t.import_id, t.prefix, t.continuation, t.items, i.request
+                "SELECT t.import_id, t.prefix, t.continuation, t.items, i.request, i.source_secret
                  FROM tether.tasks t JOIN tether.imports i USING (import_id)
                  WHERE t.task_id = $1 AND t.seq = $2 AND t.kind = $3 AND t.state = 'pending'
                    AND i.state IN ('queued', 'running')",
@@ -154,7 +158,7 @@ impl Store {
                 Work::Copy { items }
             }
         };
-        Ok(Some(TaskContext { message, import_id: row.get(0), work, request }))
+        Ok(Some(TaskContext { message, import_id: row.get(0), work, request, sealed_secret: row.get(5) }))
     }
 
     /// Commits a listed page in one transaction: in link mode its

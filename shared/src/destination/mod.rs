@@ -1,4 +1,5 @@
-//! Where copy mode writes (`TETHER_DESTINATION`): the platform's storage,
+//! Where copy mode writes (`TETHER_DESTINATION`: `s3://`, `gs://` or
+//! `file://`): the platform's storage,
 //! written with Tether's own identity, never the customer's. One small trait,
 //! one module per kind of destination.
 //!
@@ -8,15 +9,19 @@
 //! key.
 
 pub mod file;
+pub mod gcs;
 pub mod s3;
 mod verify;
 
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 pub use self::verify::verified;
+use crate::storage::gcs::GcsApi;
 use crate::storage::{ByteChunks, StorageError};
 
 /// Why a copy could not be written.
@@ -59,26 +64,51 @@ pub trait Destination: Send + Sync + fmt::Debug {
     async fn write(&self, key: &str, size: u64, chunks: ByteChunks) -> Result<String, DestinationError>;
 }
 
-/// Opens `TETHER_DESTINATION`: `s3://bucket/prefix` or `file:///dir`.
+/// Opens `TETHER_DESTINATION`: `s3://bucket/prefix`, `gs://bucket/prefix`
+/// or `file:///dir`.
 pub async fn open(
     url: &str,
     sdk: &aws_config::SdkConfig,
     force_path_style: bool,
+    gcs: &GcsApi,
     part_bytes: usize,
 ) -> Result<Arc<dyn Destination>, DestinationError> {
     if let Some(path) = url.strip_prefix("file://") {
         return Ok(Arc::new(file::FileDestination::create(path).await?));
     }
-    if let Some(rest) = url.strip_prefix("s3://") {
+    for scheme in ["s3", "gs"] {
+        let Some(rest) = url.strip_prefix(scheme).and_then(|r| r.strip_prefix("://")) else { continue };
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
             return Err(DestinationError::BadUrl(format!(
-                "{url:?}, which names no bucket: use s3://bucket/prefix"
+                "{url:?}, which names no bucket: use {scheme}://bucket/prefix"
             )));
         }
-        return Ok(Arc::new(s3::S3Destination::new(sdk, force_path_style, bucket, prefix, part_bytes)));
+        return Ok(if scheme == "s3" {
+            Arc::new(s3::S3Destination::new(sdk, force_path_style, bucket, prefix, part_bytes))
+        } else {
+            Arc::new(gcs::GcsDestination::new(gcs.clone(), bucket, prefix, part_bytes))
+        });
     }
-    Err(DestinationError::BadUrl(format!("{url:?}: use s3://bucket/prefix or file:///absolute/dir")))
+    Err(DestinationError::BadUrl(format!(
+        "{url:?}: use s3://bucket/prefix, gs://bucket/prefix or file:///absolute/dir"
+    )))
+}
+
+/// Reads chunks until `part_bytes` are buffered or the stream ends; tells
+/// which.
+pub(crate) async fn fill(
+    chunks: &mut ByteChunks,
+    part_bytes: usize,
+) -> Result<(Bytes, bool), DestinationError> {
+    let mut buffer = BytesMut::new();
+    while buffer.len() < part_bytes {
+        match chunks.next().await {
+            Some(chunk) => buffer.extend_from_slice(&chunk?),
+            None => return Ok((buffer.freeze(), true)),
+        }
+    }
+    Ok((buffer.freeze(), false))
 }
 
 /// The destination key of a source object: `workspace/dataset/xx/<sha256 of

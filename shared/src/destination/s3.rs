@@ -7,10 +7,9 @@ use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation}
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 
-use super::{Destination, DestinationError};
+use super::{fill, Destination, DestinationError};
 use crate::storage::ByteChunks;
 
 /// S3's smallest part (all but the last).
@@ -119,19 +118,6 @@ impl S3Destination {
             .map_err(|e| write_error(&self.bucket, key, e))?;
         Ok(())
     }
-}
-
-/// Reads chunks until `part_bytes` are buffered or the stream ends; tells
-/// which.
-async fn fill(chunks: &mut ByteChunks, part_bytes: usize) -> Result<(Bytes, bool), DestinationError> {
-    let mut buffer = BytesMut::new();
-    while buffer.len() < part_bytes {
-        match chunks.next().await {
-            Some(chunk) => buffer.extend_from_slice(&chunk?),
-            None => return Ok((buffer.freeze(), true)),
-        }
-    }
-    Ok((buffer.freeze(), false))
 }
 
 fn write_error<E: std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(

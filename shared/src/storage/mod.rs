@@ -1,8 +1,10 @@
 //! The storage boundary: one small trait every bucket provider implements,
-//! so the worker lists (and later reads) objects without knowing whose
-//! bucket it is. One module per provider; [`Sources`] picks the provider
-//! for a request's source and hands back a ready [`ObjectSource`].
+//! so the worker lists and reads objects without knowing whose bucket it
+//! is. One module per provider (S3, GCS, Azure Blob); [`Sources`] picks the
+//! provider for a request's source and hands back a ready [`ObjectSource`].
 
+pub mod azure;
+pub mod gcs;
 pub mod s3;
 
 use std::fmt;
@@ -13,8 +15,11 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
 
-use crate::contract::Source;
+use uuid::Uuid;
+
+use crate::contract::{Secret, Source};
 use crate::credentials::CredentialError;
+use crate::secrets::SecretsKey;
 
 /// An object as a listing describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,21 +146,100 @@ pub trait ObjectSource: Send + Sync + fmt::Debug {
 #[derive(Debug)]
 pub struct Sources {
     s3: s3::S3Sources,
+    gcs: gcs::GcsSources,
+    azure: azure::AzureSources,
+    /// Opens the SAS tokens the scheduler sealed; `None` if unset here.
+    secrets: Option<SecretsKey>,
 }
 
 impl Sources {
-    pub fn new(s3: s3::S3Sources) -> Self {
-        Self { s3 }
+    pub fn new(
+        s3: s3::S3Sources,
+        gcs: gcs::GcsSources,
+        azure: azure::AzureSources,
+        secrets: Option<SecretsKey>,
+    ) -> Self {
+        Self { s3, gcs, azure, secrets }
     }
 
-    pub async fn open(&self, source: &Source) -> Result<Arc<dyn ObjectSource>, StorageError> {
+    /// Opens the source of the import `import_id`; `sealed_secret` is what
+    /// the scheduler stored for it (an Azure SAS token, sealed).
+    pub async fn open(
+        &self,
+        source: &Source,
+        import_id: Uuid,
+        sealed_secret: Option<&[u8]>,
+    ) -> Result<Arc<dyn ObjectSource>, StorageError> {
         match source {
             Source::S3(s) => Ok(Arc::new(self.s3.open(s).await?)),
-            Source::Gcs(_) | Source::Azure(_) => Err(StorageError::Unsupported(format!(
-                "this Tether installation cannot read {} sources yet: import from S3, or ask the operators when {} support ships",
-                source.provider(),
-                source.provider()
-            ))),
+            Source::Gcs(s) => Ok(Arc::new(self.gcs.open(s))),
+            Source::Azure(s) => {
+                let mut s = s.clone();
+                s.sas_token = self.reveal(import_id, sealed_secret)?;
+                Ok(Arc::new(self.azure.open(&s)))
+            }
         }
     }
+
+    fn reveal(&self, import_id: Uuid, sealed: Option<&[u8]>) -> Result<Secret, StorageError> {
+        let refused = |sentence: &str| {
+            StorageError::Credentials(CredentialError::Refused { sentence: sentence.to_owned() })
+        };
+        let Some(sealed) = sealed else {
+            return Err(refused(
+                "This Tether installation cannot keep SAS tokens (TETHER_SECRETS_KEY is unset on the scheduler): ask the operators to set it, then send the request again with a new import_id",
+            ));
+        };
+        let Some(key) = &self.secrets else {
+            return Err(refused(
+                "This worker cannot decrypt the SAS token (TETHER_SECRETS_KEY is unset on the worker): ask the operators to give the workers the scheduler's key, then requeue the import",
+            ));
+        };
+        key.open(sealed, import_id).map_err(|e| {
+            refused(&format!(
+                "This worker cannot use the import's SAS token: {e}; ask the operators to give schedulers and workers the same key, then requeue the import"
+            ))
+        })
+    }
+}
+
+/// A transport failure (connection refused or reset, timeout), described
+/// without the request's URL: an Azure URL carries the SAS token.
+pub(crate) fn unreachable(provider: &str, error: &reqwest::Error) -> StorageError {
+    let mut reason = String::new();
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(error);
+    while let Some(e) = cause {
+        reason = e.to_string();
+        cause = e.source();
+    }
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "broke off"
+    };
+    StorageError::Unavailable(format!("{provider} {kind}: {reason}"))
+}
+
+/// An HTTP response's body as an [`ObjectBody`]; `url` names the object in
+/// the errors of a stream that breaks off.
+pub(crate) fn http_body(response: reqwest::Response, md5: Option<[u8; 16]>, url: String) -> ObjectBody {
+    let size = response.content_length().unwrap_or(0);
+    let chunks = futures_util::stream::unfold((response, url), |(mut response, url)| async move {
+        match response.chunk().await {
+            Ok(Some(chunk)) => Some((Ok(chunk), (response, url))),
+            Ok(None) => None,
+            Err(e) => {
+                let error = match unreachable("the store", &e) {
+                    StorageError::Unavailable(reason) => {
+                        StorageError::Unavailable(format!("reading {url} broke off: {reason}"))
+                    }
+                    other => other,
+                };
+                Some((Err(error), (response, url)))
+            }
+        }
+    });
+    ObjectBody { size, md5, chunks: Box::pin(chunks) }
 }

@@ -1,0 +1,150 @@
+//! Google Cloud access tokens: Tether's own identity through gcp_auth
+//! (service-account key, metadata server or gcloud user), and the customer's
+//! workspace service account impersonated with it through the IAM
+//! Credentials `generateAccessToken` call, which gcp_auth does not offer.
+//!
+//! Impersonated tokens live an hour; they are cached per service account and
+//! renewed `refresh_margin` before they expire, one call at a time per
+//! account however many pages ask at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use gcp_auth::TokenProvider;
+
+use super::CredentialError;
+use crate::contract::Secret;
+use crate::telemetry::metrics;
+
+/// Read-write access to Cloud Storage (reads of customer buckets are
+/// limited by what the customer granted the impersonated account).
+pub const STORAGE_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
+const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+const IAM_CREDENTIALS: &str = "https://iamcredentials.googleapis.com/v1";
+/// The longest lifetime `generateAccessToken` grants without an org policy.
+const IMPERSONATION_LIFETIME: &str = "3600s";
+
+#[derive(Debug, Clone)]
+struct Cached {
+    token: Secret,
+    expires: DateTime<Utc>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+
+/// Hands out bearer tokens for Cloud Storage calls.
+pub struct GcpTokens {
+    http: reqwest::Client,
+    refresh_margin: Duration,
+    own: tokio::sync::OnceCell<Arc<dyn TokenProvider>>,
+    impersonated: Mutex<HashMap<String, Slot>>,
+}
+
+impl std::fmt::Debug for GcpTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcpTokens").field("refresh_margin", &self.refresh_margin).finish_non_exhaustive()
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeneratedToken {
+    access_token: String,
+    expire_time: DateTime<Utc>,
+}
+
+impl GcpTokens {
+    pub fn new(http: reqwest::Client, refresh_margin: Duration) -> Self {
+        Self {
+            http,
+            refresh_margin,
+            own: tokio::sync::OnceCell::new(),
+            impersonated: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Tether's own identity, found on first use: an installation that never
+    /// imports from GCS needs none.
+    async fn own(&self, scope: &str) -> Result<Secret, CredentialError> {
+        let provider = self
+            .own
+            .get_or_try_init(|| async { gcp_auth::provider().await })
+            .await
+            .map_err(|e| {
+                CredentialError::Unavailable(format!(
+                    "Tether has no Google Cloud identity ({e}): set GOOGLE_APPLICATION_CREDENTIALS to a service-account key, or run on GCP with a service account"
+                ))
+            })?;
+        let token = provider.token(&[scope]).await.map_err(|e| {
+            CredentialError::Unavailable(format!("Google Cloud refused Tether's own token: {e}"))
+        })?;
+        Ok(Secret::new(token.as_str()))
+    }
+
+    /// A token for Cloud Storage: the impersonated service account's, or
+    /// Tether's own when `impersonate` is `None`.
+    pub async fn token(&self, impersonate: Option<&str>) -> Result<Secret, CredentialError> {
+        let Some(account) = impersonate else { return self.own(STORAGE_SCOPE).await };
+        let slot = {
+            let mut slots = self.impersonated.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            slots.entry(account.to_owned()).or_default().clone()
+        };
+        let mut cached = slot.lock().await;
+        if let Some(c) = cached.as_ref() {
+            let left = (c.expires - Utc::now()).to_std().unwrap_or_default();
+            if left > self.refresh_margin {
+                return Ok(c.token.clone());
+            }
+        }
+        let fresh = self.impersonate(account).await?;
+        let left = (fresh.expires - Utc::now()).num_seconds();
+        metrics().credential_expiry.with_label_values(&["gcs"]).set(left);
+        let token = fresh.token.clone();
+        *cached = Some(fresh);
+        Ok(token)
+    }
+
+    /// Forgets an impersonated token that Cloud Storage refused before its time.
+    pub async fn invalidate(&self, account: &str) {
+        let slot =
+            self.impersonated.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(account).cloned();
+        if let Some(slot) = slot {
+            *slot.lock().await = None;
+        }
+    }
+
+    async fn impersonate(&self, account: &str) -> Result<Cached, CredentialError> {
+        let own = self.own(CLOUD_PLATFORM_SCOPE).await?;
+        let url = format!("{IAM_CREDENTIALS}/projects/-/serviceAccounts/{account}:generateAccessToken");
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(own.expose())
+            .json(&serde_json::json!({ "scope": [STORAGE_SCOPE], "lifetime": IMPERSONATION_LIFETIME }))
+            .send()
+            .await
+            .map_err(|e| {
+                CredentialError::Unavailable(format!(
+                    "IAM Credentials could not be reached: {}",
+                    e.without_url()
+                ))
+            })?;
+        let status = response.status().as_u16();
+        match status {
+            200 => {
+                let generated: GeneratedToken = response.json().await.map_err(|e| {
+                    CredentialError::Unavailable(format!("IAM Credentials answered unreadably: {}", e.without_url()))
+                })?;
+                Ok(Cached { token: Secret::new(generated.access_token), expires: generated.expire_time })
+            }
+            403 | 404 => Err(CredentialError::Refused {
+                sentence: format!(
+                    "Tether may not impersonate the service account {account}: check that it exists and that the platform granted Tether's service account roles/iam.serviceAccountTokenCreator on it"
+                ),
+            }),
+            _ => Err(CredentialError::Unavailable(format!("IAM Credentials answered {status}"))),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! `gs://bucket/prefix`: copies as Cloud Storage objects, written with
+//! Tether's own Google identity. An object that fits in one part is one
+//! media upload; a larger one is a resumable upload sent a part at a time
+//! and finalised only once the source stream has ended and verified, so a
+//! broken or corrupt read leaves no object behind. Memory is one part per
+//! copy, as for `s3://`.
+
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, LOCATION};
+use reqwest::StatusCode;
+
+use super::{fill, Destination, DestinationError};
+use crate::storage::gcs::{segment, GcsApi};
+use crate::storage::ByteChunks;
+
+/// Resumable uploads take parts in multiples of 256 KiB.
+const QUANTUM: usize = 256 * 1024;
+
+#[derive(Debug)]
+pub struct GcsDestination {
+    api: GcsApi,
+    bucket: String,
+    prefix: String,
+    part_bytes: usize,
+}
+
+impl GcsDestination {
+    pub fn new(api: GcsApi, bucket: &str, prefix: &str, part_bytes: usize) -> Self {
+        Self {
+            api,
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+            part_bytes: (part_bytes / QUANTUM).max(1) * QUANTUM,
+        }
+    }
+
+    fn upload_url(&self, key: &str, kind: &str) -> String {
+        self.api.url(&format!(
+            "/upload/storage/v1/b/{}/o?uploadType={kind}&name={}",
+            segment(&self.bucket),
+            segment(key)
+        ))
+    }
+
+    fn failed(&self, key: &str, what: impl std::fmt::Display) -> DestinationError {
+        DestinationError::Write(format!("gs://{}/{key}: {what}", self.bucket))
+    }
+
+    async fn expect(
+        &self,
+        key: &str,
+        response: reqwest::Response,
+        ok: &[StatusCode],
+    ) -> Result<reqwest::Response, DestinationError> {
+        if ok.contains(&response.status()) {
+            Ok(response)
+        } else {
+            Err(self.failed(key, format!("GCS answered {}", response.status())))
+        }
+    }
+
+    async fn resumable(
+        &self,
+        key: &str,
+        mut buffer: BytesMut,
+        chunks: &mut ByteChunks,
+    ) -> Result<(), DestinationError> {
+        let start = self
+            .api
+            .send(
+                || {
+                    self.api
+                        .http()
+                        .post(self.upload_url(key, "resumable"))
+                        .header(CONTENT_TYPE, "application/json")
+                        .body("{}")
+                },
+                None,
+            )
+            .await
+            .map_err(|e| self.failed(key, e))?;
+        let start = self.expect(key, start, &[StatusCode::OK, StatusCode::CREATED]).await?;
+        let session = start
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| self.failed(key, "GCS gave no upload session"))?;
+        let sent = self.send_parts(key, &session, &mut buffer, chunks).await;
+        if sent.is_err() {
+            // Best effort: an abandoned session expires after a week anyway.
+            let _ = self.api.send(|| self.api.http().delete(&session), None).await;
+        }
+        sent
+    }
+
+    async fn send_parts(
+        &self,
+        key: &str,
+        session: &str,
+        buffer: &mut BytesMut,
+        chunks: &mut ByteChunks,
+    ) -> Result<(), DestinationError> {
+        let mut offset = 0usize;
+        loop {
+            let (more, ended) = fill(chunks, self.part_bytes.saturating_sub(buffer.len())).await?;
+            buffer.extend_from_slice(&more);
+            if ended {
+                let part: Bytes = buffer.split().freeze();
+                let total = offset + part.len();
+                let range = if part.is_empty() {
+                    format!("bytes */{total}")
+                } else {
+                    format!("bytes {offset}-{}/{total}", total - 1)
+                };
+                let response = self.put(key, session, range, part).await?;
+                self.expect(key, response, &[StatusCode::OK, StatusCode::CREATED]).await?;
+                return Ok(());
+            }
+            // Whole quanta only; the rest waits for the next part.
+            let len = buffer.len() / QUANTUM * QUANTUM;
+            let part = buffer.split_to(len).freeze();
+            let range = format!("bytes {offset}-{}/*", offset + len - 1);
+            let response = self.put(key, session, range, part).await?;
+            self.expect(key, response, &[StatusCode::PERMANENT_REDIRECT]).await?;
+            offset += len;
+        }
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        session: &str,
+        range: String,
+        part: Bytes,
+    ) -> Result<reqwest::Response, DestinationError> {
+        self.api
+            .send(
+                || self.api.http().put(session).header(CONTENT_RANGE, range.as_str()).body(part.clone()),
+                None,
+            )
+            .await
+            .map_err(|e| self.failed(key, e))
+    }
+}
+
+#[async_trait::async_trait]
+impl Destination for GcsDestination {
+    async fn write(&self, key: &str, _size: u64, mut chunks: ByteChunks) -> Result<String, DestinationError> {
+        let key = if self.prefix.is_empty() { key.to_owned() } else { format!("{}/{key}", self.prefix) };
+        let (first, ended) = fill(&mut chunks, self.part_bytes).await?;
+        if ended {
+            let response = self
+                .api
+                .send(
+                    || {
+                        self.api
+                            .http()
+                            .post(self.upload_url(&key, "media"))
+                            .header(CONTENT_TYPE, "application/octet-stream")
+                            .body(first.clone())
+                    },
+                    None,
+                )
+                .await
+                .map_err(|e| self.failed(&key, e))?;
+            self.expect(&key, response, &[StatusCode::OK, StatusCode::CREATED]).await?;
+        } else {
+            self.resumable(&key, BytesMut::from(first), &mut chunks).await?;
+        }
+        Ok(format!("gs://{}/{key}", self.bucket))
+    }
+}

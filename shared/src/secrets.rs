@@ -1,0 +1,101 @@
+//! Secrets that Tether must keep between the scheduler and the workers (an
+//! Azure request's SAS token) are stored in Postgres only sealed with
+//! `TETHER_SECRETS_KEY`: AES-256-GCM (ring), a random nonce per secret, and
+//! the import's id as associated data, so that a sealed token copied onto
+//! another import does not open.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use uuid::Uuid;
+
+use crate::contract::Secret;
+
+/// `TETHER_SECRETS_KEY`: 32 bytes, base64. Its `Debug` shows nothing.
+#[derive(Clone)]
+pub struct SecretsKey(std::sync::Arc<LessSafeKey>);
+
+impl fmt::Debug for SecretsKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretsKey(******)")
+    }
+}
+
+impl FromStr for SecretsKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const FIX: &str = "make one with `head -c 32 /dev/urandom | base64`";
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|_| format!("TETHER_SECRETS_KEY is not base64: {FIX}"))?;
+        let key = UnboundKey::new(&AES_256_GCM, &bytes)
+            .map_err(|_| format!("TETHER_SECRETS_KEY holds {} bytes, not 32: {FIX}", bytes.len()))?;
+        Ok(Self(std::sync::Arc::new(LessSafeKey::new(key))))
+    }
+}
+
+/// A sealed secret that does not open.
+#[derive(Debug, thiserror::Error)]
+#[error("the stored secret cannot be decrypted with this TETHER_SECRETS_KEY (a different or rotated key?)")]
+pub struct CannotOpen;
+
+impl SecretsKey {
+    /// Seals `secret` for the import `import_id`: nonce, then ciphertext and tag.
+    pub fn seal(&self, secret: &Secret, import_id: Uuid) -> Vec<u8> {
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let mut sealed = secret.expose().as_bytes().to_vec();
+        // Sealing fails only for inputs of gigabytes.
+        if self
+            .0
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(import_id.as_bytes()),
+                &mut sealed,
+            )
+            .is_err()
+        {
+            return Vec::new();
+        }
+        let mut out = nonce.to_vec();
+        out.append(&mut sealed);
+        out
+    }
+
+    /// Opens what [`SecretsKey::seal`] sealed for the same import.
+    pub fn open(&self, sealed: &[u8], import_id: Uuid) -> Result<Secret, CannotOpen> {
+        let (nonce, ciphertext) = sealed.split_at_checked(NONCE_LEN).ok_or(CannotOpen)?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CannotOpen)?;
+        let mut buffer = ciphertext.to_vec();
+        let plain = self
+            .0
+            .open_in_place(nonce, Aad::from(import_id.as_bytes()), &mut buffer)
+            .map_err(|_| CannotOpen)?;
+        String::from_utf8(plain.to_vec()).map(Secret::new).map_err(|_| CannotOpen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_secrets_open_only_with_their_key_and_import() {
+        let key: SecretsKey = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".parse().expect("32 bytes");
+        let other: SecretsKey = "HwECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".parse().expect("32 bytes");
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let secret = Secret::new("sv=2022-11-02&sp=rl&sig=abc%2Bdef");
+        let sealed = key.seal(&secret, a);
+        assert!(!sealed.windows(9).any(|w| w == b"sig=abc%2"), "the token is not stored in clear");
+        assert_eq!(key.open(&sealed, a).expect("opens").expose(), secret.expose());
+        assert!(key.open(&sealed, b).is_err(), "bound to its import");
+        assert!(other.open(&sealed, a).is_err(), "bound to its key");
+        assert!(key.open(&sealed[..5], a).is_err());
+        assert_ne!(key.seal(&secret, a), sealed, "a fresh nonce each time");
+        let short = "AAEC".parse::<SecretsKey>().expect_err("too short");
+        assert!(short.contains("not 32") && short.contains("urandom"), "{short}");
+        assert!("not base64!".parse::<SecretsKey>().is_err());
+        assert_eq!(format!("{key:?}"), "SecretsKey(******)");
+    }
+}

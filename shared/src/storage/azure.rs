@@ -1,0 +1,232 @@
+//! Azure Blob Storage as an [`ObjectSource`], over the REST API with reqwest:
+//! List Blobs one page per call (`marker`), Get Blob with `If-Match` on the
+//! listed ETag, both authorised by the request's SAS token.
+//!
+//! The SAS token is a secret. It travels only in request URLs, and a URL
+//! never reaches an error or a log line: transport errors are stripped of
+//! theirs, and refusals are described by Azure's error code, never by the
+//! response body (which may echo the request).
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::{Method, Response, StatusCode};
+
+use super::{http_body, unreachable, ListPage, ObjectBody, ObjectMeta, ObjectSource, StorageError};
+use crate::contract::{AzureSource, Secret};
+
+/// Where accounts live unless `TETHER_AZURE_BLOB_ENDPOINT` says otherwise.
+pub const DEFAULT_ENDPOINT: &str = "https://{account}.blob.core.windows.net";
+/// The REST API version Tether speaks.
+const API_VERSION: &str = "2021-12-02";
+/// Characters kept as they are in a blob path; `/` stays a separator.
+const PATH: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
+/// Characters kept as they are in a query value.
+const QUERY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Builds an [`AzureContainer`] per request.
+#[derive(Debug, Clone)]
+pub struct AzureSources {
+    http: reqwest::Client,
+    /// `TETHER_AZURE_BLOB_ENDPOINT`, with `{account}` in it.
+    endpoint: String,
+}
+
+impl AzureSources {
+    pub fn new(http: reqwest::Client, endpoint: Option<&str>) -> Self {
+        let endpoint = endpoint.filter(|e| !e.is_empty()).unwrap_or(DEFAULT_ENDPOINT);
+        Self { http, endpoint: endpoint.trim_end_matches('/').to_owned() }
+    }
+
+    pub fn open(&self, source: &AzureSource) -> AzureContainer {
+        let account = self.endpoint.replace("{account}", &source.account);
+        AzureContainer {
+            http: self.http.clone(),
+            container_url: format!("{account}/{}", source.container),
+            name: format!("azure://{}/{}", source.account, source.container),
+            sas: Secret::new(source.sas_token.expose().trim_start_matches('?')),
+        }
+    }
+}
+
+/// One container, read with the request's SAS token.
+#[derive(Debug)]
+pub struct AzureContainer {
+    http: reqwest::Client,
+    container_url: String,
+    /// `azure://account/container`, for messages.
+    name: String,
+    sas: Secret,
+}
+
+#[async_trait::async_trait]
+impl ObjectSource for AzureContainer {
+    async fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+        max_keys: u32,
+    ) -> Result<ListPage, StorageError> {
+        let mut url = format!(
+            "{}?restype=container&comp=list&maxresults={}&prefix={}",
+            self.container_url,
+            max_keys.clamp(1, 5000),
+            utf8_percent_encode(prefix, QUERY)
+        );
+        if let Some(marker) = token {
+            url.push_str(&format!("&marker={}", utf8_percent_encode(marker, QUERY)));
+        }
+        let response = self.call(Method::GET, url, None).await?;
+        if !response.status().is_success() {
+            return Err(self.refused(response, None).await);
+        }
+        let body = response.text().await.map_err(|e| unreachable("Azure", &e))?;
+        parse_listing(&body).map_err(|e| {
+            StorageError::Unavailable(format!(
+                "Azure answered the listing of {}/{prefix} unreadably: {e}",
+                self.name
+            ))
+        })
+    }
+
+    async fn read(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {
+        let url = format!("{}/{}", self.container_url, utf8_percent_encode(key, PATH));
+        let response = self.call(Method::GET, url.clone(), etag).await?;
+        if response.status() == StatusCode::PRECONDITION_FAILED {
+            // A deleted blob also fails If-Match (Azurite): tell the two apart.
+            let now = self.call(Method::HEAD, url, None).await?;
+            return Err(self.refused(if now.status() == StatusCode::NOT_FOUND { now } else { response }, Some(key)).await);
+        }
+        if !response.status().is_success() {
+            return Err(self.refused(response, Some(key)).await);
+        }
+        let md5 = response
+            .headers()
+            .get("content-md5")
+            .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.as_bytes()).ok())
+            .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok());
+        Ok(http_body(response, md5, format!("{}/{key}", self.name)))
+    }
+}
+
+impl AzureContainer {
+    /// Calls `url` with the SAS token appended (and `If-Match` when given).
+    async fn call(&self, method: Method, mut url: String, if_match: Option<&str>) -> Result<Response, StorageError> {
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str(self.sas.expose());
+        let mut request = self.http.request(method, url).header("x-ms-version", API_VERSION);
+        if let Some(etag) = if_match {
+            request = request.header("If-Match", format!("\"{etag}\""));
+        }
+        request.send().await.map_err(|e| unreachable("Azure", &e))
+    }
+
+    /// What a refusal means, by status and `x-ms-error-code`; `key` is set
+    /// for reads.
+    async fn refused(&self, response: Response, key: Option<&str>) -> StorageError {
+        let status = response.status().as_u16();
+        let code = response
+            .headers()
+            .get("x-ms-error-code")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let name = &self.name;
+        let object = key.map(|k| format!("{name}/{k}"));
+        match (status, code.as_str(), object) {
+            (_, "ContainerNotFound" | "ResourceNotFound", _) | (404, _, None) => StorageError::BucketNotFound(format!(
+                "The container {name} does not exist: check source.account and source.container"
+            )),
+            (404, _, Some(object)) => StorageError::ObjectNotFound(format!("{object} was deleted after it was listed")),
+            (412, _, Some(object)) => StorageError::Changed(format!(
+                "{object} changed after it was listed; requeue the import to copy the new version"
+            )),
+            (403, "AuthorizationPermissionMismatch" | "AuthorizationResourceTypeMismatch", None) => {
+                StorageError::AccessDenied(format!(
+                    "The SAS token may not list {name}: issue a SAS token with the l (list) and r (read) permissions for this container"
+                ))
+            }
+            (403, "AuthorizationPermissionMismatch" | "AuthorizationResourceTypeMismatch", Some(object)) => {
+                StorageError::AccessDenied(format!(
+                    "The SAS token may not read {object}: issue a SAS token with the l (list) and r (read) permissions for this container"
+                ))
+            }
+            (403, _, _) => StorageError::Credentials(crate::credentials::CredentialError::Refused {
+                sentence: format!(
+                    "Azure refused the SAS token for {name} ({code}): it has expired, was revoked or is not valid for this account; send a new request with a current SAS token with the l and r permissions"
+                ),
+            }),
+            (429 | 503, _, _) => StorageError::Throttled(format!("Azure {status} {code}")),
+            _ => StorageError::Unavailable(format!("Azure {status} {code}")),
+        }
+    }
+}
+
+type Node<'a, 'i> = roxmltree::Node<'a, 'i>;
+
+fn child<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
+    node.children().find(|c| c.has_tag_name(name))
+}
+
+fn text<'a>(node: Option<Node<'a, '_>>) -> &'a str {
+    node.and_then(|n| n.text()).unwrap_or_default()
+}
+
+/// Reads a List Blobs response: its blobs and `NextMarker`.
+fn parse_listing(xml: &str) -> Result<ListPage, String> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| e.to_string())?;
+    let root = doc.root_element();
+    let mut objects = Vec::new();
+    if let Some(blobs) = child(root, "Blobs") {
+        for blob in blobs.children().filter(|c| c.has_tag_name("Blob")) {
+            let name = child(blob, "Name").ok_or("a Blob without a Name")?;
+            // Names with characters XML cannot carry arrive percent-encoded.
+            let key = if name.attribute("Encoded") == Some("true") {
+                percent_decode_str(text(Some(name))).decode_utf8_lossy().into_owned()
+            } else {
+                text(Some(name)).to_owned()
+            };
+            let properties = child(blob, "Properties");
+            let property = |p: &str| text(properties.and_then(|n| child(n, p)));
+            objects.push(ObjectMeta {
+                key,
+                size: property("Content-Length").parse().unwrap_or(0),
+                etag: Some(property("Etag").trim_matches('"').to_owned()).filter(|e| !e.is_empty()),
+                last_modified: DateTime::parse_from_rfc2822(property("Last-Modified"))
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc)),
+            });
+        }
+    }
+    let next = Some(text(child(root, "NextMarker")).to_owned()).filter(|m| !m.is_empty());
+    Ok(ListPage { objects, next })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listing;
+
+    #[test]
+    fn listings_are_read_with_encoded_names_and_markers() {
+        let xml = r#"<?xml version="1.0" encoding="utf-8"?>
+<EnumerationResults ServiceEndpoint="http://127.0.0.1:10000/devstoreaccount1" ContainerName="c">
+  <Prefix>a/</Prefix><MaxResults>2</MaxResults>
+  <Blobs>
+    <Blob><Name>a/1.jpg</Name><Properties><Last-Modified>Sat, 28 Nov 2026 12:00:00 GMT</Last-Modified><Etag>"0x8DC"</Etag><Content-Length>42</Content-Length></Properties></Blob>
+    <Blob><Name Encoded="true">a/%01ctrl.jpg</Name><Properties><Etag>0x9</Etag><Content-Length>7</Content-Length></Properties></Blob>
+  </Blobs>
+  <NextMarker>2!8!YS8y</NextMarker>
+</EnumerationResults>"#;
+        let page = parse_listing(xml).expect("parses");
+        assert_eq!(page.objects.len(), 2);
+        assert_eq!(page.objects[0].key, "a/1.jpg");
+        assert_eq!(page.objects[0].size, 42);
+        assert_eq!(page.objects[0].etag.as_deref(), Some("0x8DC"));
+        assert!(page.objects[0].last_modified.is_some());
+        assert_eq!(page.objects[1].key, "a/\u{1}ctrl.jpg");
+        assert_eq!(page.next.as_deref(), Some("2!8!YS8y"));
+        let last =
+            parse_listing("<EnumerationResults><Blobs/><NextMarker/></EnumerationResults>").expect("parses");
+        assert!(last.objects.is_empty() && last.next.is_none());
+    }
+}

@@ -1,0 +1,264 @@
+//! Google Cloud Storage as an [`ObjectSource`], over the JSON API with
+//! reqwest: one `objects.list` page per call, media downloads conditional on
+//! the listed generation. The customer's workspace service account is
+//! impersonated with Tether's own identity ([`GcpTokens`]); with
+//! `STORAGE_EMULATOR_HOST` set, requests go to the emulator without auth.
+//!
+//! A GCS object's `etag` in Tether's tables is its *generation*: the number
+//! GCS's own preconditions (`ifGenerationMatch`) use, which changes whenever
+//! the object's bytes are replaced.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::{RequestBuilder, Response, StatusCode};
+
+use super::{http_body, unreachable, ListPage, ObjectBody, ObjectMeta, ObjectSource, StorageError};
+use crate::contract::GcsSource;
+use crate::credentials::gcp::GcpTokens;
+
+const GCS: &str = "https://storage.googleapis.com";
+/// Characters left as they are in a path segment (RFC 3986 unreserved).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// An object name as one URL path segment (`/` included, as `%2F`).
+pub(crate) fn segment(name: &str) -> String {
+    utf8_percent_encode(name, SEGMENT).to_string()
+}
+
+/// The Cloud Storage JSON API: where it is and how calls are authorised.
+/// Shared by the GCS source and the `gs://` destination.
+#[derive(Debug, Clone)]
+pub struct GcsApi {
+    http: reqwest::Client,
+    base: String,
+    /// `None` against an emulator: no auth.
+    tokens: Option<Arc<GcpTokens>>,
+}
+
+impl GcsApi {
+    /// `emulator` is `STORAGE_EMULATOR_HOST`; unset, the real GCS.
+    pub fn new(http: reqwest::Client, emulator: Option<&str>, tokens: Arc<GcpTokens>) -> Self {
+        match emulator.filter(|e| !e.is_empty()) {
+            Some(host) => {
+                let host = host.trim_end_matches('/');
+                let base = if host.contains("://") { host.to_owned() } else { format!("http://{host}") };
+                Self { http, base, tokens: None }
+            }
+            None => Self { http, base: GCS.to_owned(), tokens: Some(tokens) },
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Sends `request` with a bearer token for `impersonate` (Tether's own
+    /// identity when `None`); a 401 renews an impersonated token once.
+    pub(crate) async fn send(
+        &self,
+        request: impl Fn() -> RequestBuilder,
+        impersonate: Option<&str>,
+    ) -> Result<Response, StorageError> {
+        let Some(tokens) = &self.tokens else {
+            return request().send().await.map_err(|e| unreachable("GCS", &e));
+        };
+        let token = tokens.token(impersonate).await?;
+        let response =
+            request().bearer_auth(token.expose()).send().await.map_err(|e| unreachable("GCS", &e))?;
+        match (response.status(), impersonate) {
+            (StatusCode::UNAUTHORIZED, Some(account)) => {
+                tracing::info!(account, "GCS refused the impersonated token; renewing it once.");
+                tokens.invalidate(account).await;
+                let token = tokens.token(impersonate).await?;
+                request().bearer_auth(token.expose()).send().await.map_err(|e| unreachable("GCS", &e))
+            }
+            _ => Ok(response),
+        }
+    }
+}
+
+/// Builds a [`GcsBucket`] per request.
+#[derive(Debug, Clone)]
+pub struct GcsSources {
+    api: GcsApi,
+}
+
+impl GcsSources {
+    pub fn new(api: GcsApi) -> Self {
+        Self { api }
+    }
+
+    pub fn open(&self, source: &GcsSource) -> GcsBucket {
+        GcsBucket {
+            api: self.api.clone(),
+            bucket: source.bucket.clone(),
+            impersonate: source.impersonate_service_account.clone(),
+        }
+    }
+}
+
+/// One GCS bucket, read as the workspace's service account.
+#[derive(Debug)]
+pub struct GcsBucket {
+    api: GcsApi,
+    bucket: String,
+    impersonate: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Listing {
+    #[serde(default)]
+    items: Vec<Item>,
+    next_page_token: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Item {
+    name: String,
+    /// GCS sends 64-bit numbers as strings.
+    size: Option<String>,
+    generation: Option<String>,
+    updated: Option<DateTime<Utc>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    message: String,
+}
+
+#[async_trait::async_trait]
+impl ObjectSource for GcsBucket {
+    async fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+        max_keys: u32,
+    ) -> Result<ListPage, StorageError> {
+        let url = self.api.url(&format!("/storage/v1/b/{}/o", segment(&self.bucket)));
+        let max = max_keys.clamp(1, 1000).to_string();
+        let response = self
+            .api
+            .send(
+                || {
+                    let mut query = vec![
+                        ("prefix", prefix),
+                        ("maxResults", max.as_str()),
+                        ("fields", "items(name,size,generation,updated),nextPageToken"),
+                    ];
+                    if let Some(token) = token {
+                        query.push(("pageToken", token));
+                    }
+                    self.api.http().get(&url).query(&query)
+                },
+                self.impersonate.as_deref(),
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(self.refused(response, prefix, None).await);
+        }
+        let listing: Listing = response.json().await.map_err(|e| {
+            StorageError::Unavailable(format!(
+                "GCS answered the listing of gs://{}/{prefix} unreadably: {}",
+                self.bucket,
+                e.without_url()
+            ))
+        })?;
+        let objects = listing
+            .items
+            .into_iter()
+            .map(|item| ObjectMeta {
+                size: item.size.and_then(|s| s.parse().ok()).unwrap_or(0),
+                etag: item.generation,
+                last_modified: item.updated,
+                key: item.name,
+            })
+            .collect();
+        Ok(ListPage { objects, next: listing.next_page_token.filter(|t| !t.is_empty()) })
+    }
+
+    async fn read(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {
+        let url = self.api.url(&format!("/storage/v1/b/{}/o/{}", segment(&self.bucket), segment(key)));
+        let response = self
+            .api
+            .send(
+                || {
+                    let mut query = vec![("alt", "media")];
+                    if let Some(generation) = etag {
+                        query.push(("ifGenerationMatch", generation));
+                    }
+                    self.api.http().get(&url).query(&query)
+                },
+                self.impersonate.as_deref(),
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(self.refused(response, "", Some(key)).await);
+        }
+        // GCS answers a failed precondition with 412; a store that ignores
+        // the precondition (the emulator) is caught by the generation served.
+        let served = response.headers().get("x-goog-generation").and_then(|v| v.to_str().ok());
+        if let (Some(listed), Some(served)) = (etag, served) {
+            if listed != served {
+                return Err(StorageError::Changed(format!(
+                    "gs://{}/{key} changed after it was listed; requeue the import to copy the new version",
+                    self.bucket
+                )));
+            }
+        }
+        let md5 = response
+            .headers()
+            .get_all("x-goog-hash")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .find_map(|h| h.trim().strip_prefix("md5="))
+            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok());
+        Ok(http_body(response, md5, format!("gs://{}/{key}", self.bucket)))
+    }
+}
+
+impl GcsBucket {
+    /// What a refusal means; `key` is set for reads.
+    async fn refused(&self, response: Response, prefix: &str, key: Option<&str>) -> StorageError {
+        let status = response.status().as_u16();
+        let message = response.json::<ErrorBody>().await.map(|b| b.error.message).unwrap_or_default();
+        let bucket = &self.bucket;
+        let who = match &self.impersonate {
+            Some(account) => format!("the service account {account}"),
+            None => "Tether's service account".to_owned(),
+        };
+        let bucket_gone = message.to_ascii_lowercase().contains("bucket");
+        match (status, key) {
+            (404, _) if key.is_none() || bucket_gone => StorageError::BucketNotFound(format!(
+                "The bucket gs://{bucket} does not exist: check source.bucket"
+            )),
+            (404, Some(key)) => StorageError::ObjectNotFound(format!("gs://{bucket}/{key} was deleted after it was listed")),
+            (412, Some(key)) => StorageError::Changed(format!(
+                "gs://{bucket}/{key} changed after it was listed; requeue the import to copy the new version"
+            )),
+            (401 | 403, None) => StorageError::AccessDenied(format!(
+                "Access denied listing gs://{bucket}/{prefix}: grant {who} roles/storage.objectViewer (storage.objects.list) on the bucket"
+            )),
+            (401 | 403, Some(key)) => StorageError::AccessDenied(format!(
+                "Access denied reading gs://{bucket}/{key}: grant {who} roles/storage.objectViewer (storage.objects.get) on the bucket"
+            )),
+            (429 | 503, _) => StorageError::Throttled(format!("GCS {status}")),
+            _ => StorageError::Unavailable(format!("GCS {status}: {message}")),
+        }
+    }
+}
