@@ -10,7 +10,7 @@ use aws_sdk_s3::types::{EncodingType, ServerSideEncryption};
 use chrono::DateTime;
 use percent_encoding::percent_decode_str;
 
-use super::{ListPage, ObjectBody, ObjectMeta, ObjectSource, StorageError};
+use super::{ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource, StorageError};
 use crate::contract::S3Source;
 use crate::credentials::sts::{RoleKey, StsCredentials};
 
@@ -74,13 +74,10 @@ pub struct S3Bucket {
 
 #[async_trait::async_trait]
 impl ObjectSource for S3Bucket {
-    async fn list_page(
-        &self,
-        prefix: &str,
-        token: Option<&str>,
-        max_keys: u32,
-    ) -> Result<ListPage, StorageError> {
-        self.renewing(|| self.list_once(prefix, token, max_keys)).await
+    async fn list_page(&self, query: ListQuery<'_>) -> Result<ListPage, StorageError> {
+        let page = self.renewing(|| self.list_once(query)).await?;
+        // StartAfter is exclusive: we asked from just before `start_at`.
+        Ok(page.drop_before(query.start_at))
     }
 
     async fn read(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {
@@ -106,21 +103,26 @@ impl S3Bucket {
         }
     }
 
-    async fn list_once(
-        &self,
-        prefix: &str,
-        token: Option<&str>,
-        max_keys: u32,
-    ) -> Result<ListPage, StorageError> {
+    async fn list_once(&self, query: ListQuery<'_>) -> Result<ListPage, StorageError> {
+        let prefix = query.prefix;
+        // StartAfter is exclusive: start after `start_at` without its last
+        // character, a proper prefix of it and so before it.
+        let start_after = query.start_at.map(|s| {
+            let mut chars = s.chars();
+            chars.next_back();
+            chars.as_str().to_owned()
+        });
         let output = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(prefix)
-            .max_keys(i32::try_from(max_keys).unwrap_or(1000))
-            .set_continuation_token(token.map(str::to_owned))
+            .max_keys(i32::try_from(query.max_keys).unwrap_or(1000))
+            .set_continuation_token(query.token.map(str::to_owned))
+            .set_delimiter(query.delimiter.map(str::to_owned))
+            .set_start_after(start_after.filter(|s| !s.is_empty()))
             // Keys may hold characters XML cannot carry (control characters):
-            // S3 then sends them URL-encoded.
+            // S3 then sends them, and the common prefixes, URL-encoded.
             .encoding_type(EncodingType::Url)
             .send()
             .await
@@ -147,7 +149,12 @@ impl S3Bucket {
                 })
             })
             .collect();
-        Ok(ListPage { objects, next })
+        let prefixes = output
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| Some(percent_decode_str(p.prefix()?).decode_utf8_lossy().into_owned()))
+            .collect();
+        Ok(ListPage { objects, prefixes, next })
     }
 
     async fn read_once(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {
