@@ -127,32 +127,35 @@ impl S3Bucket {
             .send()
             .await
             .map_err(|e| self.classify(prefix, e))?;
-        let next = output.next_continuation_token().map(str::to_owned);
-        if output.is_truncated() == Some(true) && next.is_none() {
+        let next = output.next_continuation_token;
+        if output.is_truncated == Some(true) && next.is_none() {
             // Ending here would silently drop the rest of the listing.
             return Err(StorageError::Unavailable(format!(
                 "S3 said the listing of s3://{}/{prefix} goes on but gave no continuation token",
                 self.bucket
             )));
         }
+        // The SDK's strings are moved, not copied: a page is 1,000 of them.
         let objects = output
-            .contents()
-            .iter()
+            .contents
+            .unwrap_or_default()
+            .into_iter()
             .filter_map(|o| {
                 Some(ObjectMeta {
-                    key: percent_decode_str(o.key()?).decode_utf8_lossy().into_owned(),
-                    size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
-                    etag: o.e_tag().map(|e| e.trim_matches('"').to_owned()),
+                    size: u64::try_from(o.size.unwrap_or(0)).unwrap_or(0),
+                    etag: o.e_tag.map(unquoted),
                     last_modified: o
-                        .last_modified()
+                        .last_modified
                         .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                    key: url_decoded(o.key?),
                 })
             })
             .collect();
         let prefixes = output
-            .common_prefixes()
-            .iter()
-            .filter_map(|p| Some(percent_decode_str(p.prefix()?).decode_utf8_lossy().into_owned()))
+            .common_prefixes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| Some(url_decoded(p.prefix?)))
             .collect();
         Ok(ListPage { objects, prefixes, next })
     }
@@ -182,6 +185,24 @@ impl S3Bucket {
             Some((item, (body, url)))
         });
         Ok(ObjectBody { size, md5, chunks: Box::pin(chunks) })
+    }
+}
+
+/// An ETag without its surrounding quotes, in place.
+fn unquoted(mut etag: String) -> String {
+    if etag.len() >= 2 && etag.starts_with('"') && etag.ends_with('"') {
+        etag.pop();
+        etag.remove(0);
+    }
+    etag
+}
+
+/// A key or prefix as `encoding-type=url` sent it, decoded; the string is
+/// reused when there was nothing to decode (nearly always).
+fn url_decoded(encoded: String) -> String {
+    match percent_decode_str(&encoded).decode_utf8_lossy() {
+        std::borrow::Cow::Borrowed(_) => encoded,
+        std::borrow::Cow::Owned(decoded) => decoded,
     }
 }
 
@@ -261,6 +282,13 @@ impl S3Bucket {
 #[cfg(test)]
 mod tests {
     use super::etag_md5;
+
+    #[test]
+    fn etags_lose_their_quotes_and_keys_their_encoding() {
+        assert_eq!(super::unquoted("\"abc\"".into()), "abc");
+        assert_eq!(super::unquoted("abc".into()), "abc");
+        assert_eq!(super::url_decoded("a/h%25/x%20y".into()), "a/h%/x y");
+    }
 
     #[test]
     fn only_single_part_etags_are_md5s() {
