@@ -97,8 +97,8 @@ pub struct WorkerConfig {
     /// copy imports fail with an error saying so.
     #[arg(long, env = "TETHER_DESTINATION")]
     pub destination: Option<String>,
-    /// Objects one worker copies at once. Memory is bounded by this times
-    /// the part size.
+    /// Objects one worker copies at once. Memory is bounded by twice this
+    /// times the part size (a part is read while the previous one uploads).
     #[arg(long, env = "TETHER_COPY_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub copy_concurrency: u16,
     /// Multipart part size for `s3://` destinations (at least 5 MiB).
