@@ -13,6 +13,7 @@ Prints one JSON line with the seeding time once it serves, then serves until
 stdin closes (the benchmark ends) or it is killed.
 """
 import json
+import logging
 import sys
 import time
 
@@ -35,6 +36,8 @@ def keys(prefix, spec):
 
 def main():
     port, bucket, trees = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    # One access-log line per request would drown the benchmark's output.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
