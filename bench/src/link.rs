@@ -9,7 +9,7 @@ use tether_tests::{service_var, TestEnv};
 use tokio::process::Command;
 
 use crate::procs::{children_cpu_seconds, Fleet, Measured};
-use crate::stores::{Stores, Tree, BUCKET, TREES};
+use crate::stores::{Stores, Tree, GCS_TREES, S3_TREES};
 use crate::Measurement;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,21 +26,22 @@ impl Provider {
         }
     }
 
-    /// A link request for `prefix` of the benchmark's bucket.
-    fn request(self, env: &TestEnv, dataset: &str, prefix: &str) -> Value {
-        let mut request = env.request(dataset, &[prefix]);
+    /// A link request for a tree.
+    fn request(self, env: &TestEnv, dataset: &str, tree: Tree) -> Value {
+        let mut request = env.request(dataset, &[tree.prefix]);
         request["filter"] = json!({"extensions": ["*"]});
         match self {
-            Provider::S3 => request["source"]["bucket"] = json!(BUCKET),
+            Provider::S3 => request["source"]["bucket"] = json!(tree.bucket),
             Provider::Gcs => {
-                request["source"] = json!({"provider": "gcs", "bucket": BUCKET, "prefixes": [prefix]});
+                request["source"] =
+                    json!({"provider": "gcs", "bucket": tree.bucket, "prefixes": [tree.prefix]});
             }
         }
         request
     }
 
-    /// rclone's remote for the benchmark's bucket, configured by environment.
-    pub(crate) fn rclone(self, stores: &Stores) -> (Command, String) {
+    /// rclone, with the remote `bench:` configured by environment.
+    pub(crate) fn rclone(self, stores: &Stores) -> Command {
         let mut command = Command::new("rclone");
         command.env_remove("AWS_CA_BUNDLE"); // rclone's S3 backend breaks on it
         match self {
@@ -61,19 +62,20 @@ impl Provider {
                     .env("RCLONE_CONFIG_BENCH_ENDPOINT", format!("{}/storage/v1/", stores.gcs_endpoint));
             }
         }
-        (command, format!("bench:{BUCKET}"))
+        command
     }
 }
 
 pub(crate) async fn run(env: &TestEnv, stores: &Stores, provider: Provider) -> Vec<Measurement> {
+    let trees: &[Tree] = match provider {
+        Provider::S3 => &S3_TREES,
+        Provider::Gcs => &GCS_TREES,
+    };
     let mut measurements = Vec::new();
-    for tree in TREES {
-        // The memory check's baseline, on S3 only.
-        if tree.name == crate::stores::FLAT_10K.name && provider != Provider::S3 {
-            continue;
-        }
+    for &tree in trees {
         measurements.push(tether(env, provider, tree).await);
-        if tree.name != crate::stores::FLAT_10K.name {
+        // The 10,000-object baseline is for the memory check only.
+        if !tree.name.ends_with("-10k") {
             measurements.push(rclone_lsf(stores, provider, tree).await);
         }
     }
@@ -83,9 +85,9 @@ pub(crate) async fn run(env: &TestEnv, stores: &Stores, provider: Provider) -> V
 async fn tether(env: &TestEnv, provider: Provider, tree: Tree) -> Measurement {
     let fleet = Fleet::start(env, &[]).await;
     let dataset = format!("bench-{}-{}", provider.name(), tree.name);
-    let request = provider.request(env, &dataset, tree.prefix);
+    let request = provider.request(env, &dataset, tree);
     let cost = fleet
-        .run(env, &request, |status| {
+        .run(env, &request, tree.objects, |status| {
             assert_eq!(status["state"], "succeeded", "{status}");
             assert_eq!(status["objects_imported"], tree.objects, "{status}");
         })
@@ -94,10 +96,10 @@ async fn tether(env: &TestEnv, provider: Provider, tree: Tree) -> Measurement {
 }
 
 async fn rclone_lsf(stores: &Stores, provider: Provider, tree: Tree) -> Measurement {
-    let (mut command, remote) = provider.rclone(stores);
+    let mut command = provider.rclone(stores);
     let listing = std::env::temp_dir().join(format!("tether-bench-lsf-{}.txt", std::process::id()));
     let file = std::fs::File::create(&listing).expect("a file for rclone's listing");
-    command.args(["lsf", "-R", "--files-only"]).arg(format!("{remote}/{}", tree.prefix));
+    command.args(["lsf", "-R", "--files-only"]).arg(format!("bench:{}/{}", tree.bucket, tree.prefix));
     let cpu_before = children_cpu_seconds();
     let started = Instant::now();
     let peak = Measured::spawn_to("rclone", command, Stdio::from(file)).wait().await;
@@ -113,6 +115,7 @@ async fn rclone_lsf(stores: &Stores, provider: Provider, tree: Tree) -> Measurem
         objects: tree.objects,
         bytes: 0,
         seconds,
+        seconds_persisted: seconds,
         cpu_seconds,
         peak_rss_mib: vec![("rclone".into(), peak)],
     }

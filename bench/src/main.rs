@@ -3,9 +3,10 @@
 //! machine. Results are printed and written to `bench/results/latest.json`.
 //!
 //! The stores are the benchmark's own ([`stores`]), seeded once: on S3
-//! (moto) and GCS (fake-gcs-server), a wide tree (100 sub-prefixes x 1,000
-//! objects) and a flat prefix (100,000 objects); on S3 also 10,000 flat
-//! objects (the memory check's baseline), 2,000 x 256 KiB and one 1 GiB.
+//! (moto) a wide tree (100 sub-prefixes x 1,000 objects), a flat prefix
+//! (100,000 objects), 10,000 flat objects (the memory check's baseline),
+//! 2,000 x 256 KiB and one 1 GiB; on GCS (fake-gcs-server) the wide tree and
+//! the flat prefix at a tenth of the size (see [`stores`] for why).
 //!
 //! - `link`: link imports of each tree by the real release binaries (one
 //!   `tether-scheduler`, two `tether-worker`s) against `rclone lsf -R`.
@@ -38,7 +39,10 @@ pub(crate) struct Measurement {
     pub tool: &'static str,
     pub objects: usize,
     pub bytes: u64,
+    /// To the final state (rclone: to its exit).
     pub seconds: f64,
+    /// Until every object is in Postgres (rclone: to its exit).
+    pub seconds_persisted: f64,
     /// Tether: its processes plus PostgreSQL; rclone: rclone.
     pub cpu_seconds: f64,
     pub peak_rss_mib: Vec<(String, f64)>,
@@ -53,6 +57,7 @@ impl Measurement {
             objects,
             bytes,
             seconds: cost.seconds,
+            seconds_persisted: cost.seconds_persisted,
             cpu_seconds: cost.cpu_seconds,
             peak_rss_mib: cost.peak_rss_mib,
         }
@@ -78,6 +83,7 @@ impl Measurement {
         json!({
             "provider": self.provider, "run": self.run, "tool": self.tool,
             "objects": self.objects, "bytes": self.bytes, "seconds": self.seconds,
+            "seconds_persisted": self.seconds_persisted,
             "objects_per_second": self.objects_per_second(),
             "megabytes_per_second": self.megabytes_per_second(),
             "cpu_seconds": self.cpu_seconds, "cpu_us_per_object": self.cpu_us_per_object(),
@@ -124,18 +130,19 @@ fn main() {
 /// Prints the table, the ratios and the targets; returns them as JSON.
 fn report(measurements: &[Measurement]) -> Value {
     println!(
-        "\n{:<4} {:<14} {:<14} {:>8} {:>8} {:>10} {:>8} {:>8} {:>9}  peak RSS MiB",
-        "", "run", "tool", "objects", "seconds", "objects/s", "MB/s", "CPU s", "CPU µs/o"
+        "\n{:<4} {:<14} {:<14} {:>8} {:>8} {:>9} {:>10} {:>8} {:>8} {:>9}  peak RSS MiB",
+        "", "run", "tool", "objects", "seconds", "persisted", "objects/s", "MB/s", "CPU s", "CPU µs/o"
     );
     for m in measurements {
         let rss: Vec<String> = m.peak_rss_mib.iter().map(|(p, mib)| format!("{p} {mib:.0}")).collect();
         println!(
-            "{:<4} {:<14} {:<14} {:>8} {:>8.2} {:>10.0} {:>8.1} {:>8.2} {:>9.1}  {}",
+            "{:<4} {:<14} {:<14} {:>8} {:>8.2} {:>9.2} {:>10.0} {:>8.1} {:>8.2} {:>9.1}  {}",
             m.provider,
             m.run,
             m.tool,
             m.objects,
             m.seconds,
+            m.seconds_persisted,
             m.objects_per_second(),
             m.megabytes_per_second(),
             m.cpu_seconds,
@@ -147,12 +154,14 @@ fn report(measurements: &[Measurement]) -> Value {
         measurements.iter().find(|m| m.provider == provider && m.run == run && (m.tool == "tether") == tether)
     };
     let mut ratios = Vec::new();
-    println!("\nTether / rclone throughput");
+    println!("\nTether / rclone throughput   to final state   to all persisted");
     for m in measurements.iter().filter(|m| m.tool == "tether") {
         if let Some(rclone) = find(m.provider, &m.run, false) {
-            let ratio = rclone.seconds / m.seconds;
-            println!("{:<4} {:<14} {ratio:>6.2}", m.provider, m.run);
-            ratios.push(json!({"provider": m.provider, "run": m.run, "ratio": ratio}));
+            let (ratio, persisted) = (rclone.seconds / m.seconds, rclone.seconds / m.seconds_persisted);
+            println!("{:<4} {:<14} {ratio:>22.2} {persisted:>18.2}", m.provider, m.run);
+            ratios.push(
+                json!({"provider": m.provider, "run": m.run, "to_final": ratio, "to_persisted": persisted}),
+            );
         }
     }
     let mut targets = Vec::new();
@@ -163,9 +172,9 @@ fn report(measurements: &[Measurement]) -> Value {
     println!("\ntargets");
     for provider in ["s3", "gcs"] {
         if let (Some(t), Some(r)) = (find(provider, "link wide", true), find(provider, "link wide", false)) {
-            let ratio = r.seconds / t.seconds;
+            let ratio = r.seconds / t.seconds_persisted;
             target(
-                format!("{provider}: link wide, Tether/rclone lsf -R objects/s"),
+                format!("{provider}: link wide, Tether/rclone lsf -R objects/s (persisted)"),
                 ratio,
                 ">= 1.5",
                 ratio >= 1.5,

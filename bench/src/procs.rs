@@ -129,7 +129,12 @@ pub(crate) struct Fleet {
 
 /// What one Tether run cost.
 pub(crate) struct Cost {
+    /// From the request to the final state (the scheduler notices that the
+    /// last task ended on its next tick, `TETHER_SCHEDULER_TICK_SECS`).
     pub seconds: f64,
+    /// From the request until every object is accounted for in Postgres
+    /// (imported + skipped + failed = the objects expected).
+    pub seconds_persisted: f64,
     /// Tether processes plus PostgreSQL.
     pub cpu_seconds: f64,
     pub peak_rss_mib: Vec<(String, f64)>,
@@ -162,17 +167,35 @@ impl Fleet {
         self.processes.iter().map(Measured::cpu_seconds).sum::<f64>() + postgres_cpu_seconds()
     }
 
-    /// Submits `request`, waits until the import is final, checks it with
-    /// `check`, and stops the fleet.
+    /// Submits `request` for `objects` objects, waits until the import is
+    /// final, checks it with `check`, and stops the fleet.
     pub(crate) async fn run(
         self,
         env: &TestEnv,
         request: &serde_json::Value,
+        objects: usize,
         check: impl FnOnce(&serde_json::Value),
     ) -> Cost {
         let cpu_before = self.cpu_seconds();
         let started = Instant::now();
-        let status = env.wait_final_within(env.submit(request).await, Duration::from_secs(3600)).await;
+        let import_id = env.submit(request).await;
+        let mut seconds_persisted = None;
+        let status = loop {
+            let status = env.status(import_id).await.unwrap_or_default();
+            let counted = ["objects_imported", "objects_skipped", "objects_failed"]
+                .iter()
+                .map(|c| status[c].as_u64().unwrap_or(0))
+                .sum::<u64>();
+            if seconds_persisted.is_none() && counted == objects as u64 {
+                seconds_persisted = Some(started.elapsed().as_secs_f64());
+            }
+            let state = status["state"].as_str().unwrap_or("queued");
+            if !["queued", "running"].contains(&state) {
+                break status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(3600), "not final after an hour: {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let seconds = started.elapsed().as_secs_f64();
         let cpu_seconds = self.cpu_seconds() - cpu_before;
         check(&status);
@@ -181,6 +204,6 @@ impl Fleet {
             let name = process.name.clone();
             peak_rss_mib.push((name, process.stop().await));
         }
-        Cost { seconds, cpu_seconds, peak_rss_mib }
+        Cost { seconds, seconds_persisted: seconds_persisted.unwrap_or(seconds), cpu_seconds, peak_rss_mib }
     }
 }
