@@ -98,7 +98,7 @@ fn main() {
     let wanted = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime");
-    let stores = runtime.block_on(Stores::start(&root));
+    let stores = runtime.block_on(Stores::start(&root, wanted("link")));
     // Everything (this process's clients, Tether's processes, rclone's S3
     // remote) talks to the benchmark's stores. Set before any thread of
     // ours reads the environment.

@@ -77,12 +77,14 @@ pub(crate) struct Stores {
 }
 
 impl Stores {
-    /// Starts both stores and seeds them.
-    pub(crate) async fn start(root: &Path) -> Self {
+    /// Starts both stores and seeds them (GCS only if `seed_gcs_trees`).
+    pub(crate) async fn start(root: &Path, seed_gcs_trees: bool) -> Self {
         let venv = root.join(".services/venv");
         let (moto, s3_endpoint) = start_moto(root, &venv).await;
         let (gcs, gcs_endpoint) = start_gcs(&venv).await;
-        seed_gcs(&gcs_endpoint).await;
+        if seed_gcs_trees {
+            seed_gcs(&gcs_endpoint).await;
+        }
         Self { s3_endpoint, gcs_endpoint, _moto: moto, _gcs: gcs }
     }
 }
