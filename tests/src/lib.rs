@@ -4,6 +4,7 @@
 //! service makes the test fail with a message saying so; nothing is skipped.
 
 pub mod proxy;
+pub mod stores;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -444,6 +445,12 @@ impl TestEnv {
             .expect("connect to the test database");
         tokio::spawn(connection);
         client.query(sql, params).await.expect("query")
+    }
+
+    /// Every row of a one-column text query, joined: to search what is stored.
+    pub async fn dump_text(&self, sql: &str) -> String {
+        let rows = self.query(sql, &[]).await;
+        rows.iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_default()).collect::<Vec<_>>().join("\n")
     }
 
     /// source_url → (storage, stored_url) of every image of a dataset.

@@ -95,7 +95,9 @@ impl ObjectSource for AzureContainer {
         if response.status() == StatusCode::PRECONDITION_FAILED {
             // A deleted blob also fails If-Match (Azurite): tell the two apart.
             let now = self.call(Method::HEAD, url, None).await?;
-            return Err(self.refused(if now.status() == StatusCode::NOT_FOUND { now } else { response }, Some(key)).await);
+            return Err(self
+                .refused(if now.status() == StatusCode::NOT_FOUND { now } else { response }, Some(key))
+                .await);
         }
         if !response.status().is_success() {
             return Err(self.refused(response, Some(key)).await);
@@ -111,7 +113,12 @@ impl ObjectSource for AzureContainer {
 
 impl AzureContainer {
     /// Calls `url` with the SAS token appended (and `If-Match` when given).
-    async fn call(&self, method: Method, mut url: String, if_match: Option<&str>) -> Result<Response, StorageError> {
+    async fn call(
+        &self,
+        method: Method,
+        mut url: String,
+        if_match: Option<&str>,
+    ) -> Result<Response, StorageError> {
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(self.sas.expose());
         let mut request = self.http.request(method, url).header("x-ms-version", API_VERSION);
