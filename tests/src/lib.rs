@@ -11,7 +11,6 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use aws_sdk_s3::primitives::ByteStream;
 use futures_util::StreamExt;
 use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -268,14 +267,7 @@ impl TestEnv {
     }
 
     pub async fn put(&self, key: &str, body: &[u8]) {
-        self.s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(ByteStream::from(body.to_vec()))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+        stores::put_s3(&self.s3, &self.bucket, key, body).await;
     }
 
     /// Puts many small objects, 16 at a time; each body names its key.

@@ -62,6 +62,16 @@ fn gcs_host() -> String {
     service_var("STORAGE_EMULATOR_HOST").trim_end_matches('/').to_owned()
 }
 
+pub(crate) async fn put_s3(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: &[u8]) {
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(body.to_vec()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("put s3://{bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+}
+
 /// Panics with the response's status and body unless it succeeded.
 async fn check(response: reqwest::Result<reqwest::Response>, what: &str) -> reqwest::Response {
     let response = response.unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -109,16 +119,7 @@ impl TestBucket {
 
     pub async fn put(&self, key: &str, body: &[u8]) {
         match self.provider {
-            Provider::S3 => {
-                self.s3
-                    .put_object()
-                    .bucket(&self.name)
-                    .key(key)
-                    .body(ByteStream::from(body.to_vec()))
-                    .send()
-                    .await
-                    .unwrap_or_else(|e| panic!("put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
-            }
+            Provider::S3 => put_s3(&self.s3, &self.name, key, body).await,
             Provider::Gcs => {
                 let url = format!("{}/upload/storage/v1/b/{}/o", gcs_host(), self.name);
                 let request = self
