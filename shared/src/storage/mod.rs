@@ -113,8 +113,9 @@ impl StorageError {
             | StorageError::CredentialsExpired(_)
             | StorageError::Credentials(CredentialError::Refused { .. }) => "access_denied",
             StorageError::Throttled(_) => "throttled",
-            StorageError::Unavailable(_)
-            | StorageError::Credentials(CredentialError::Unavailable(_)) => "unavailable",
+            StorageError::Unavailable(_) | StorageError::Credentials(CredentialError::Unavailable(_)) => {
+                "unavailable"
+            }
         }
     }
 }
