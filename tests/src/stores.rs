@@ -142,6 +142,24 @@ impl TestBucket {
         }
     }
 
+    /// A folder as the provider's console makes one: an empty `dir/` object
+    /// on S3 and GCS; on Azure (whose blob names cannot end in `/`), an empty
+    /// `dir` blob marked `hdi_isfolder`, as hierarchical-namespace accounts
+    /// list their directories.
+    pub async fn put_folder_marker(&self, dir: &str) {
+        if self.provider != Provider::Azure {
+            return self.put(dir, b"").await;
+        }
+        let request = self
+            .http
+            .put(self.blob_url(dir.trim_end_matches('/')))
+            .header("x-ms-blob-type", "BlockBlob")
+            .header("x-ms-meta-hdi_isfolder", "true")
+            // Azurite wants a length, which an empty body would not send.
+            .header("content-length", "0");
+        check(request.send().await, &format!("create the folder {}", self.url(dir))).await;
+    }
+
     pub async fn delete(&self, key: &str) {
         match self.provider {
             Provider::S3 => {
