@@ -1,82 +1,122 @@
-//! Link import vs a bare listing of the same prefix.
+//! Link imports of the seeded trees against `rclone lsf -R` of the same
+//! trees, on S3 (moto) and GCS (fake-gcs-server).
 
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Instant;
 
 use serde_json::{json, Value};
-use tether_tests::TestEnv;
+use tether_tests::{service_var, TestEnv};
+use tokio::process::Command;
 
-const DEFAULT_OBJECTS: usize = 20_000;
-const PREFIX: &str = "bench/";
+use crate::procs::{children_cpu_seconds, Fleet, Measured};
+use crate::stores::{Stores, Tree, GCS_TREES, S3_TREES};
+use crate::Measurement;
 
-pub(crate) async fn run(env: &TestEnv) -> Value {
-    let objects =
-        std::env::var("TETHER_BENCH_OBJECTS").ok().and_then(|n| n.parse().ok()).unwrap_or(DEFAULT_OBJECTS);
-    let started = Instant::now();
-    env.put_many((0..objects).map(|i| format!("{PREFIX}{:03}/img_{i:07}.jpg", i % 100))).await;
-    eprintln!("link: seeded {objects} objects in {:.1} s", started.elapsed().as_secs_f64());
-
-    let listing = bare_listing(env, objects).await;
-    let import = link_import(env, objects).await;
-    let rate = |d: Duration| objects as f64 / d.as_secs_f64();
-    println!(
-        "\n{:<46} {:>10} {:>12}",
-        format!("link, {objects} objects (S3 on moto)"),
-        "seconds",
-        "objects/s"
-    );
-    println!(
-        "{:<46} {:>10.2} {:>12.0}",
-        "bare ListObjectsV2, 1000 per page",
-        listing.as_secs_f64(),
-        rate(listing)
-    );
-    println!(
-        "{:<46} {:>10.2} {:>12.0}",
-        "Tether link import (1 scheduler, 2 workers)",
-        import.as_secs_f64(),
-        rate(import)
-    );
-    println!("{:<46} {:>23.2}", "Tether / bare listing", rate(import) / rate(listing));
-    json!({
-        "objects": objects,
-        "bare_listing": crate::rates(objects, 0, listing.as_secs_f64()),
-        "tether_link_import": crate::rates(objects, 0, import.as_secs_f64()),
-        "ratio_tether_to_listing": rate(import) / rate(listing),
-    })
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Provider {
+    S3,
+    Gcs,
 }
 
-async fn bare_listing(env: &TestEnv, expected: usize) -> Duration {
-    let started = Instant::now();
-    let mut seen = 0;
-    let mut token = None;
-    loop {
-        let page = env
-            .s3
-            .list_objects_v2()
-            .bucket(&env.bucket)
-            .prefix(PREFIX)
-            .max_keys(1000)
-            .set_continuation_token(token)
-            .send()
-            .await
-            .expect("list");
-        seen += page.contents().len();
-        token = page.next_continuation_token().map(str::to_owned);
-        if token.is_none() {
-            break;
+impl Provider {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Provider::S3 => "s3",
+            Provider::Gcs => "gcs",
         }
     }
-    assert_eq!(seen, expected);
-    started.elapsed()
+
+    /// A link request for a tree.
+    fn request(self, env: &TestEnv, dataset: &str, tree: Tree) -> Value {
+        let mut request = env.request(dataset, &[tree.prefix]);
+        request["filter"] = json!({"extensions": ["*"]});
+        match self {
+            Provider::S3 => request["source"]["bucket"] = json!(tree.bucket),
+            Provider::Gcs => {
+                request["source"] =
+                    json!({"provider": "gcs", "bucket": tree.bucket, "prefixes": [tree.prefix]});
+            }
+        }
+        request
+    }
+
+    /// rclone, with the remote `bench:` configured by environment.
+    pub(crate) fn rclone(self, stores: &Stores) -> Command {
+        let mut command = Command::new("rclone");
+        command.env_remove("AWS_CA_BUNDLE"); // rclone's S3 backend breaks on it
+        match self {
+            Provider::S3 => {
+                command
+                    .env("RCLONE_CONFIG_BENCH_TYPE", "s3")
+                    .env("RCLONE_CONFIG_BENCH_PROVIDER", "Other")
+                    .env("RCLONE_CONFIG_BENCH_ENDPOINT", &stores.s3_endpoint)
+                    .env("RCLONE_CONFIG_BENCH_ACCESS_KEY_ID", service_var("AWS_ACCESS_KEY_ID"))
+                    .env("RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY", service_var("AWS_SECRET_ACCESS_KEY"))
+                    .env("RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE", "true");
+            }
+            Provider::Gcs => {
+                // fake-gcs-server serves the JSON API under /storage/v1/.
+                command
+                    .env("RCLONE_CONFIG_BENCH_TYPE", "google cloud storage")
+                    .env("RCLONE_CONFIG_BENCH_ANONYMOUS", "true")
+                    .env("RCLONE_CONFIG_BENCH_ENDPOINT", format!("{}/storage/v1/", stores.gcs_endpoint));
+            }
+        }
+        command
+    }
 }
 
-async fn link_import(env: &TestEnv, expected: usize) -> Duration {
-    let fleet = env.start_default(2).await;
+pub(crate) async fn run(env: &TestEnv, stores: &Stores, provider: Provider) -> Vec<Measurement> {
+    let trees: &[Tree] = match provider {
+        Provider::S3 => &S3_TREES,
+        Provider::Gcs => &GCS_TREES,
+    };
+    let mut measurements = Vec::new();
+    for &tree in trees {
+        measurements.push(tether(env, provider, tree).await);
+        // The 10,000-object baseline is for the memory check only.
+        if !tree.name.ends_with("-10k") {
+            measurements.push(rclone_lsf(stores, provider, tree).await);
+        }
+    }
+    measurements
+}
+
+async fn tether(env: &TestEnv, provider: Provider, tree: Tree) -> Measurement {
+    let fleet = Fleet::start(env, &[]).await;
+    let dataset = format!("bench-{}-{}", provider.name(), tree.name);
+    let request = provider.request(env, &dataset, tree);
+    let cost = fleet
+        .run(env, &request, tree.objects, |status| {
+            assert_eq!(status["state"], "succeeded", "{status}");
+            assert_eq!(status["objects_imported"], tree.objects, "{status}");
+        })
+        .await;
+    Measurement::tether(provider.name(), &format!("link {}", tree.name), tree.objects, 0, cost)
+}
+
+async fn rclone_lsf(stores: &Stores, provider: Provider, tree: Tree) -> Measurement {
+    let mut command = provider.rclone(stores);
+    let listing = std::env::temp_dir().join(format!("tether-bench-lsf-{}.txt", std::process::id()));
+    let file = std::fs::File::create(&listing).expect("a file for rclone's listing");
+    command.args(["lsf", "-R", "--files-only"]).arg(format!("bench:{}/{}", tree.bucket, tree.prefix));
+    let cpu_before = children_cpu_seconds();
     let started = Instant::now();
-    let id = env.submit(&env.request("bench", &[PREFIX])).await;
-    let status = env.wait_final_within(id, Duration::from_secs(1800)).await;
-    let elapsed = started.elapsed();
-    assert_eq!(status["objects_imported"], expected, "{status}");
-    fleet.stop().await;
-    elapsed
+    let peak = Measured::spawn_to("rclone", command, Stdio::from(file)).wait().await;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = children_cpu_seconds() - cpu_before;
+    let lines = std::fs::read_to_string(&listing).map(|l| l.lines().count()).unwrap_or(0);
+    let _ = std::fs::remove_file(&listing);
+    assert_eq!(lines, tree.objects, "rclone lsf -R listed {lines} objects");
+    Measurement {
+        provider: provider.name(),
+        run: format!("link {}", tree.name),
+        tool: "rclone lsf -R",
+        objects: tree.objects,
+        bytes: 0,
+        seconds,
+        seconds_persisted: seconds,
+        cpu_seconds,
+        peak_rss_mib: vec![("rclone".into(), peak)],
+    }
 }

@@ -165,6 +165,7 @@ impl TestEnv {
         WorkerConfig {
             common: self.common(),
             page_size: 1000,
+            max_list_tasks: 10_000,
             concurrency: 4,
             sts_refresh_margin_secs: 900,
             s3_force_path_style: true,

@@ -4,7 +4,7 @@
 //!
 //! Objects of all copy tasks in hand share one semaphore, so a worker never
 //! copies more than `TETHER_COPY_CONCURRENCY` objects at once, and its memory
-//! stays within that many multipart parts.
+//! stays within twice that many multipart parts.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;

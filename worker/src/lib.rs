@@ -2,9 +2,10 @@
 //!
 //! - A *list* task ([`listing`]) lists one page of the customer's bucket and
 //!   commits, in one transaction, the page's references (link mode) or copy
-//!   tasks (copy mode), its counts and the continuation token; then it
-//!   enqueues the next page, so copying of a page runs while the next page
-//!   is listed.
+//!   tasks (copy mode), its counts, the listing tasks of the sub-prefixes it
+//!   met ([`fanout`]) and the continuation token; then it enqueues them and
+//!   the next page, so copying of a page runs while the next page is listed,
+//!   and a wide bucket is listed by every worker at once.
 //! - A *copy* task ([`copying`]) streams a bounded batch of objects into the
 //!   platform's storage, verified, then commits their references and counts.
 //!
@@ -14,6 +15,7 @@
 //! acknowledged before the Postgres commit that makes its effect durable.
 
 mod copying;
+mod fanout;
 mod listing;
 mod page;
 
@@ -62,6 +64,10 @@ pub struct WorkerConfig {
     /// Objects per listing page (ListObjectsV2 MaxKeys).
     #[arg(long, env = "TETHER_LIST_PAGE_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub page_size: u32,
+    /// Listing tasks an import may have: past this, sub-prefixes are listed
+    /// recursively by the task that meets them instead of fanning out.
+    #[arg(long, env = "TETHER_LIST_MAX_TASKS", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_list_tasks: i64,
     /// Listing tasks one worker handles at once (also their AMQP prefetch).
     #[arg(long, env = "TETHER_WORKER_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=300))]
     pub concurrency: u16,
@@ -91,8 +97,8 @@ pub struct WorkerConfig {
     /// copy imports fail with an error saying so.
     #[arg(long, env = "TETHER_DESTINATION")]
     pub destination: Option<String>,
-    /// Objects one worker copies at once. Memory is bounded by this times
-    /// the part size.
+    /// Objects one worker copies at once. Memory is bounded by twice this
+    /// times the part size (a part is read while the previous one uploads).
     #[arg(long, env = "TETHER_COPY_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub copy_concurrency: u16,
     /// Multipart part size for `s3://` destinations (at least 5 MiB).
@@ -176,6 +182,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             config.common.secrets_key.clone(),
         ),
         page_size: config.page_size,
+        max_list_tasks: config.max_list_tasks,
         max_attempts: config.max_attempts,
         batching: Batching {
             max_objects: config.copy_batch_objects.max(1),
@@ -272,6 +279,7 @@ struct Worker {
     link: Link,
     sources: Sources,
     page_size: u32,
+    max_list_tasks: i64,
     max_attempts: i32,
     batching: Batching,
     /// `None` when `TETHER_DESTINATION` is unset.
@@ -339,8 +347,14 @@ impl Worker {
             };
             let span = tracing::info_span!("task", kind = kind.as_str(), import_id = %task.import_id, step = message.seq);
             match &task.work {
-                Work::List { prefix, continuation } => {
-                    self.list(&task, prefix, continuation.as_deref()).instrument(span).await
+                Work::List { prefix, continuation, delimited, start_at } => {
+                    let at = listing::Position {
+                        prefix,
+                        continuation: continuation.as_deref(),
+                        delimited: *delimited,
+                        start_at: start_at.as_deref(),
+                    };
+                    self.list(&task, at).instrument(span).await
                 }
                 Work::Copy { items } => self.copy(&task, items).instrument(span).await,
             }

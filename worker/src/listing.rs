@@ -1,25 +1,37 @@
-//! List tasks: one page of one prefix per message.
+//! List tasks: one page of one prefix per message; a delimited page also
+//! fans out into tasks for its sub-prefixes ([`crate::fanout`]).
 
 use backon::{ExponentialBuilder, Retryable};
 use tether_shared::contract::Mode;
 use tether_shared::credentials::CredentialError;
-use tether_shared::db::tasks::{FailureRow, PageCommit, TaskContext};
+use tether_shared::db::tasks::{FailureRow, FanOut, PageCommit, TaskContext};
 use tether_shared::db::DbError;
-use tether_shared::storage::StorageError;
+use tether_shared::storage::{ListPage, ListQuery, StorageError, DELIMITER};
 use tether_shared::task::{TaskKind, TaskMessage};
 
 use tether_shared::telemetry::metrics;
 
-use crate::{counter, page, retry_delay, Outcome, Worker, COPY_NOT_CONFIGURED};
+use crate::{counter, fanout, page, retry_delay, Outcome, Worker, COPY_NOT_CONFIGURED};
+
+/// Where a listing task is: what [`tether_shared::db::tasks::Work::List`] holds.
+pub(crate) struct Position<'a> {
+    pub prefix: &'a str,
+    pub continuation: Option<&'a str>,
+    pub delimited: bool,
+    pub start_at: Option<&'a str>,
+}
 
 impl Worker {
     /// Lists and commits one page of a task.
-    pub(crate) async fn list(
-        &self,
-        task: &TaskContext,
-        prefix: &str,
-        continuation: Option<&str>,
-    ) -> Result<Outcome, DbError> {
+    pub(crate) async fn list(&self, task: &TaskContext, at: Position<'_>) -> Result<Outcome, DbError> {
+        let prefix = at.prefix;
+        let query = ListQuery {
+            prefix,
+            token: at.continuation,
+            max_keys: self.page_size,
+            delimiter: at.delimited.then_some(DELIMITER),
+            start_at: at.start_at,
+        };
         if task.request.mode == Mode::Copy && self.copier.is_none() {
             self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED, "unavailable").await?;
             return Ok(Outcome::Done);
@@ -29,24 +41,41 @@ impl Worker {
             .open(&task.request.source, task.import_id, task.sealed_secret.as_deref())
             .await
         {
-            Ok(source) => source.list_page(prefix, continuation, self.page_size).await,
+            Ok(source) => source.list_page(query).await,
             Err(error) => Err(error),
         };
         let page = match listed {
             Ok(page) => page,
             Err(error) => return self.listing_failed(task, prefix, error).await,
         };
-        let result = page::build(&task.request, page);
-        match self.store.commit_page(task, &result, self.batching).await? {
-            PageCommit::Stale => {}
-            PageCommit::Committed { imported, unchanged, next, copies } => {
+        let (result, fan_out, commit) = loop {
+            let fan_out = self.plan_fan_out(task, &page).await?;
+            let result = page::build(&task.request, &page, fan_out.recursive_from.as_deref());
+            match self.store.commit_page(task, &result, &fan_out, self.batching).await? {
+                // Other tasks of the import took the room meanwhile.
+                PageCommit::OverCap => continue,
+                commit => break (result, fan_out, commit),
+            }
+        };
+        match commit {
+            PageCommit::Stale | PageCommit::OverCap => {}
+            PageCommit::Committed { imported, unchanged, next, copies, sub_prefixes } => {
                 tracing::debug!(
                     listed = result.listed,
                     imported,
                     unchanged,
                     copy_tasks = copies.len(),
+                    sub_prefix_tasks = sub_prefixes.len(),
                     "Page committed."
                 );
+                if let Some(from) = &fan_out.recursive_from {
+                    tracing::info!(
+                        prefix,
+                        from = from.as_str(),
+                        cap = self.max_list_tasks,
+                        "The import has as many listing tasks as TETHER_LIST_MAX_TASKS allows; this task lists the rest of its prefix recursively."
+                    );
+                }
                 let m = metrics();
                 let (provider, mode) = (task.request.source.provider(), task.request.mode.as_str());
                 m.objects_listed.with_label_values(&[provider, mode]).inc_by(counter(result.listed));
@@ -63,12 +92,23 @@ impl Worker {
                 if !copies.is_empty() {
                     self.publish(TaskKind::Copy, &copies).await;
                 }
-                if let Some(next) = next {
-                    self.publish(TaskKind::List, &[next]).await;
+                let mut lists = sub_prefixes;
+                lists.extend(next);
+                if !lists.is_empty() {
+                    self.publish(TaskKind::List, &lists).await;
                 }
             }
         }
         Ok(Outcome::Done)
+    }
+
+    /// The sub-prefix tasks a delimited page adds (none without prefixes).
+    async fn plan_fan_out(&self, task: &TaskContext, page: &ListPage) -> Result<FanOut, DbError> {
+        if page.prefixes.is_empty() {
+            return Ok(FanOut::default());
+        }
+        let budget = self.store.list_budget(task.import_id, &page.prefixes).await?;
+        Ok(fanout::plan(page, &budget, self.max_list_tasks))
     }
 
     /// Publishes tasks committed a moment ago, retrying briefly. If that still

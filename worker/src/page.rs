@@ -5,12 +5,18 @@ use tether_shared::contract::ImportRequest;
 use tether_shared::db::tasks::{FailureRow, ImageRow, PageResult};
 use tether_shared::storage::ListPage;
 
-pub(crate) fn build(request: &ImportRequest, page: ListPage) -> PageResult {
-    let mut result = PageResult { next: page.next, ..PageResult::default() };
+/// The page's objects before `until` (all of them if `None`): from `until`
+/// on, the task lists again recursively (see [`crate::fanout`]).
+pub(crate) fn build(request: &ImportRequest, page: &ListPage, until: Option<&str>) -> PageResult {
+    let mut result = PageResult {
+        next: page.next.clone(),
+        images: Vec::with_capacity(page.objects.len()),
+        ..PageResult::default()
+    };
     let max = request.filter.max_object_bytes;
-    for object in page.objects {
-        if object.key.ends_with('/') {
-            continue; // folder marker
+    for object in &page.objects {
+        if object.key.ends_with('/') || until.is_some_and(|until| object.key.as_str() >= until) {
+            continue; // a folder marker, or listed again later
         }
         result.listed += 1;
         if !request.filter.matches(&object.key) {
@@ -34,7 +40,7 @@ pub(crate) fn build(request: &ImportRequest, page: ListPage) -> PageResult {
         result.images.push(ImageRow {
             source_url,
             size_bytes: i64::try_from(object.size).unwrap_or(i64::MAX),
-            etag: object.etag,
+            etag: object.etag.clone(),
             last_modified: object.last_modified,
         });
     }

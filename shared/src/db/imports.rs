@@ -57,8 +57,9 @@ impl Store {
         let inserted = tx
             .execute(
                 "INSERT INTO tether.imports
-                     (import_id, request_digest, request, workspace_id, dataset_id, mode, provider, state, source_secret)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8)
+                     (import_id, request_digest, request, workspace_id, dataset_id, mode, provider, state, source_secret,
+                      list_tasks)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9)
                  ON CONFLICT (import_id) DO NOTHING",
                 &[
                     &request.import_id,
@@ -69,6 +70,7 @@ impl Store {
                     &request.mode.as_str(),
                     &request.source.provider(),
                     &sealed_secret,
+                    &i32::try_from(request.prefixes.len()).unwrap_or(i32::MAX),
                 ],
             )
             .await?;
@@ -82,13 +84,15 @@ impl Store {
             });
         }
         let task_ids: Vec<Uuid> = request.prefixes.iter().map(|_| Uuid::new_v4()).collect();
+        // Delimited: each fans out into its sub-prefixes (within the cap).
         tx.execute(
-            "INSERT INTO tether.tasks (task_id, import_id, kind, prefix, state, published_at)
-             SELECT t.id, $1, 'list', t.prefix, 'pending', now()
+            "INSERT INTO tether.tasks (task_id, import_id, kind, prefix, state, published_at, delimited)
+             SELECT t.id, $1, 'list', t.prefix, 'pending', now(), true
              FROM unnest($2::uuid[], $3::text[]) AS t(id, prefix)",
             &[&request.import_id, &task_ids, &request.prefixes],
         )
         .await?;
+
         tx.commit().await?;
         Ok(Recorded::Created(task_ids.into_iter().map(|task_id| TaskMessage { task_id, seq: 0 }).collect()))
     }

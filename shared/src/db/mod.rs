@@ -22,6 +22,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_copy_tasks", include_str!("../../../migrations/0002_copy_tasks.sql")),
     ("0003_failure_objects", include_str!("../../../migrations/0003_failure_objects.sql")),
     ("0004_source_secret", include_str!("../../../migrations/0004_source_secret.sql")),
+    ("0005_list_fan_out", include_str!("../../../migrations/0005_list_fan_out.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises schedulers

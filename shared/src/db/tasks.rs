@@ -1,17 +1,23 @@
 //! Queries on tasks: loading one for a message, committing a listed page
-//! (references or copy tasks, counters and checkpoint in one transaction),
-//! committing a copied batch, recording failures, and finding tasks whose
-//! message was lost.
+//! (references or copy tasks, sub-prefix tasks, counters and checkpoint in
+//! one transaction), committing a copied batch, recording failures, and
+//! finding tasks whose message was lost.
 //!
 //! Exactly-once effect rests on one rule: a page commits only if the task row
 //! still has the `seq` the message carries, checked under the row lock; the
 //! commit bumps `seq`. A redelivered or duplicated message therefore finds a
-//! newer `seq` and does nothing.
+//! newer `seq` and does nothing. Sub-prefix tasks have ids derived from
+//! (import, prefix), so even a prefix that a store reports twice becomes one
+//! task.
+//!
+//! The statements of the per-page path are prepared once per connection
+//! (`prepare_cached`): a page is a handful of statements, and parsing and
+//! planning them each time cost Postgres more than running them.
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::{DbError, Store};
@@ -30,6 +36,11 @@ fn failure_key(source_url: &str) -> Uuid {
     Uuid::new_v5(&ID_NAMESPACE, source_url.as_bytes())
 }
 
+/// The id of the listing task of a sub-prefix met by a delimited listing.
+pub fn sub_prefix_task_id(import_id: Uuid, prefix: &str) -> Uuid {
+    Uuid::new_v5(&ID_NAMESPACE, format!("{import_id}\nlist\n{prefix}").as_bytes())
+}
+
 /// A task that a message may advance, with its import's request.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
@@ -46,8 +57,9 @@ pub struct TaskContext {
 /// What a task does.
 #[derive(Debug, Clone)]
 pub enum Work {
-    /// List the next page of `prefix`, from `continuation`.
-    List { prefix: String, continuation: Option<String> },
+    /// List the next page of `prefix`, from `continuation`: with the
+    /// delimiter if `delimited`, and only keys from `start_at` on.
+    List { prefix: String, continuation: Option<String>, delimited: bool, start_at: Option<String> },
     /// Copy these objects.
     Copy { items: Vec<CopyItem> },
 }
@@ -110,11 +122,36 @@ pub struct PageResult {
     pub next: Option<String>,
 }
 
+/// What a delimited page adds: listing tasks for its new sub-prefixes and,
+/// once the import's cap on listing tasks is reached, the key from which the
+/// task lists the rest of its prefix without the delimiter.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FanOut {
+    /// Sub-prefixes that become listing tasks.
+    pub sub_prefixes: Vec<String>,
+    /// Set: the task goes on recursively from this key (the page's
+    /// [`PageResult`] holds only what lies before it).
+    pub recursive_from: Option<String>,
+    /// The import's cap on listing tasks, if the new tasks must stay within
+    /// it; `None` to add them regardless (see the worker's fan-out plan).
+    pub cap: Option<i64>,
+}
+
+/// How many listing tasks an import has, and which of a page's sub-prefixes
+/// already have theirs.
+#[derive(Debug, Default)]
+pub struct ListBudget {
+    pub list_tasks: i64,
+    pub existing: std::collections::HashSet<String>,
+}
+
 /// What committing a page did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PageCommit {
     /// The message was stale (page already done, task or import ended).
     Stale,
+    /// Other tasks took the room under the cap meanwhile: plan again.
+    OverCap,
     Committed {
         imported: i64,
         unchanged: i64,
@@ -122,6 +159,8 @@ pub enum PageCommit {
         next: Option<TaskMessage>,
         /// Copy tasks made from this page (copy mode), to publish too.
         copies: Vec<TaskMessage>,
+        /// Listing tasks of new sub-prefixes, to publish too.
+        sub_prefixes: Vec<TaskMessage>,
     },
 }
 
@@ -133,23 +172,25 @@ impl Store {
         kind: TaskKind,
         message: TaskMessage,
     ) -> Result<Option<TaskContext>, DbError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT t.import_id, t.prefix, t.continuation, t.items, i.request, i.source_secret
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT t.import_id, t.prefix, t.continuation, t.items, i.request, i.source_secret,
+                        t.delimited, t.start_at
                  FROM tether.tasks t JOIN tether.imports i USING (import_id)
                  WHERE t.task_id = $1 AND t.seq = $2 AND t.kind = $3 AND t.state = 'pending'
                    AND i.state IN ('queued', 'running')",
-                &[&message.task_id, &message.seq, &kind.as_str()],
             )
             .await?;
+        let row = client.query_opt(&statement, &[&message.task_id, &message.seq, &kind.as_str()]).await?;
         let Some(row) = row else { return Ok(None) };
         let request = ImportRequest::from_stored_json(&row.get(4)).map_err(DbError::Corrupt)?;
         let work = match kind {
             TaskKind::List => Work::List {
                 prefix: row.get::<_, Option<String>>(1).unwrap_or_default(),
                 continuation: row.get(2),
+                delimited: row.get(6),
+                start_at: row.get(7),
             },
             TaskKind::Copy => {
                 let items: Option<Value> = row.get(3);
@@ -161,14 +202,34 @@ impl Store {
         Ok(Some(TaskContext { message, import_id: row.get(0), work, request, sealed_secret: row.get(5) }))
     }
 
+    /// The room a delimited page's sub-prefixes may take: the import's
+    /// listing tasks, and which of `prefixes` have a task already.
+    pub async fn list_budget(&self, import_id: Uuid, prefixes: &[String]) -> Result<ListBudget, DbError> {
+        let ids: Vec<Uuid> = prefixes.iter().map(|p| sub_prefix_task_id(import_id, p)).collect();
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT (SELECT list_tasks FROM tether.imports WHERE import_id = $1),
+                        ARRAY(SELECT prefix FROM tether.tasks WHERE task_id = ANY($2))",
+            )
+            .await?;
+        let row = client.query_one(&statement, &[&import_id, &ids]).await?;
+        Ok(ListBudget {
+            list_tasks: row.get::<_, Option<i32>>(0).map_or(0, i64::from),
+            existing: row.get::<_, Vec<String>>(1).into_iter().collect(),
+        })
+    }
+
     /// Commits a listed page in one transaction: in link mode its
     /// references, in copy mode its copy tasks (objects already copied and
-    /// unchanged are skipped); its failures and counts; and the continuation
-    /// token.
+    /// unchanged are skipped); its failures and counts; the listing tasks of
+    /// its new sub-prefixes; and the continuation token (or the switch to a
+    /// recursive listing).
     pub async fn commit_page(
         &self,
         task: &TaskContext,
         page: &PageResult,
+        fan_out: &FanOut,
         batching: Batching,
     ) -> Result<PageCommit, DbError> {
         let mut client = self.client().await?;
@@ -195,25 +256,41 @@ impl Store {
             // Cancelled or failed meanwhile: keep nothing of this page.
             return Ok(PageCommit::Stale);
         }
-        let next = match &page.next {
-            Some(token) => {
-                tx.execute(
-                    "UPDATE tether.tasks SET continuation = $2, seq = seq + 1, attempts = 0,
-                            published_at = now(), updated_at = now()
-                     WHERE task_id = $1",
-                    &[&task.message.task_id, token],
-                )
-                .await?;
+        let Some(sub_prefixes) = insert_sub_prefix_tasks(&tx, task.import_id, fan_out).await? else {
+            // Dropping the transaction rolls the page back.
+            return Ok(PageCommit::OverCap);
+        };
+        let next = match (&fan_out.recursive_from, &page.next) {
+            (Some(start_at), _) => {
+                let statement = tx
+                    .prepare_cached(
+                        "UPDATE tether.tasks SET delimited = false, start_at = $2, continuation = NULL,
+                                seq = seq + 1, attempts = 0, published_at = now(), updated_at = now()
+                         WHERE task_id = $1",
+                    )
+                    .await?;
+                tx.execute(&statement, &[&task.message.task_id, start_at]).await?;
                 Some(TaskMessage { task_id: task.message.task_id, seq: task.message.seq + 1 })
             }
-            None => {
+            (None, Some(token)) => {
+                let statement = tx
+                    .prepare_cached(
+                        "UPDATE tether.tasks SET continuation = $2, seq = seq + 1, attempts = 0,
+                                published_at = now(), updated_at = now()
+                         WHERE task_id = $1",
+                    )
+                    .await?;
+                tx.execute(&statement, &[&task.message.task_id, token]).await?;
+                Some(TaskMessage { task_id: task.message.task_id, seq: task.message.seq + 1 })
+            }
+            (None, None) => {
                 finish_task(&tx, task.message).await?;
                 None
             }
         };
         tx.commit().await?;
         let copies = copies.into_iter().map(|(message, _)| message).collect();
-        Ok(PageCommit::Committed { imported, unchanged, next, copies })
+        Ok(PageCommit::Committed { imported, unchanged, next, copies, sub_prefixes })
     }
 
     /// Commits a copied batch: references to the copies, failures, counts
@@ -396,20 +473,58 @@ impl Store {
 
 /// Locks the task row and tells whether the message is still current.
 async fn lock_current(tx: &Transaction<'_>, message: TaskMessage) -> Result<bool, DbError> {
-    let row = tx
-        .query_opt("SELECT seq, state FROM tether.tasks WHERE task_id = $1 FOR UPDATE", &[&message.task_id])
-        .await?;
+    let statement =
+        tx.prepare_cached("SELECT seq, state FROM tether.tasks WHERE task_id = $1 FOR UPDATE").await?;
+    let row = tx.query_opt(&statement, &[&message.task_id]).await?;
     Ok(row.is_some_and(|r| r.get::<_, i32>(0) == message.seq && r.get::<_, &str>(1) == "pending"))
 }
 
 async fn finish_task(tx: &Transaction<'_>, message: TaskMessage) -> Result<(), DbError> {
-    tx.execute(
-        "UPDATE tether.tasks SET state = 'done', continuation = NULL, seq = seq + 1, updated_at = now()
-         WHERE task_id = $1",
-        &[&message.task_id],
-    )
-    .await?;
+    let statement = tx
+        .prepare_cached(
+            "UPDATE tether.tasks SET state = 'done', continuation = NULL, seq = seq + 1, updated_at = now()
+             WHERE task_id = $1",
+        )
+        .await?;
+    tx.execute(&statement, &[&message.task_id]).await?;
     Ok(())
+}
+
+/// Records the listing tasks of a page's new sub-prefixes and counts them on
+/// the import; `None` if that would pass the cap the plan assumed room under.
+async fn insert_sub_prefix_tasks(
+    tx: &Transaction<'_>,
+    import_id: Uuid,
+    fan_out: &FanOut,
+) -> Result<Option<Vec<TaskMessage>>, DbError> {
+    if fan_out.sub_prefixes.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let ids: Vec<Uuid> = fan_out.sub_prefixes.iter().map(|p| sub_prefix_task_id(import_id, p)).collect();
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO tether.tasks (task_id, import_id, kind, prefix, state, published_at, delimited)
+             SELECT u.id, $1, 'list', u.prefix, 'pending', now(), true
+             FROM unnest($2::uuid[], $3::text[]) AS u(id, prefix)
+             ON CONFLICT (task_id) DO NOTHING
+             RETURNING task_id",
+        )
+        .await?;
+    let inserted: Vec<TaskMessage> = tx
+        .query(&statement, &[&import_id, &ids, &fan_out.sub_prefixes])
+        .await?
+        .iter()
+        .map(|r| TaskMessage { task_id: r.get(0), seq: 0 })
+        .collect();
+    let statement = tx
+        .prepare_cached(
+            "UPDATE tether.imports SET list_tasks = list_tasks + $2
+             WHERE import_id = $1 AND ($3::int8 IS NULL OR list_tasks + $2 <= $3)",
+        )
+        .await?;
+    let added = i32::try_from(inserted.len()).unwrap_or(i32::MAX);
+    let counted = tx.execute(&statement, &[&import_id, &added, &fan_out.cap]).await?;
+    Ok((counted == 1).then_some(inserted))
 }
 
 /// Amounts added to an import's counters by one commit.
@@ -426,14 +541,19 @@ struct Counts {
 /// Adds to the import's counters (and marks it running); false if the import
 /// no longer runs.
 async fn add_counts(tx: &Transaction<'_>, import_id: Uuid, c: &Counts) -> Result<bool, DbError> {
-    let updated = tx
-        .execute(
+    let statement = tx
+        .prepare_cached(
             "UPDATE tether.imports
              SET objects_listed = objects_listed + $2, objects_imported = objects_imported + $3,
                  objects_filtered = objects_filtered + $4, objects_unchanged = objects_unchanged + $5,
                  objects_failed = objects_failed + $6, bytes_copied = bytes_copied + $7,
                  state = 'running', started_at = coalesce(started_at, now())
              WHERE import_id = $1 AND state IN ('queued', 'running')",
+        )
+        .await?;
+    let updated = tx
+        .execute(
+            &statement,
             &[&import_id, &c.listed, &c.imported, &c.filtered, &c.unchanged, &c.failed, &c.bytes_copied],
         )
         .await?;
@@ -463,8 +583,8 @@ async fn upsert_images(
         None => vec![None; images.len()],
     };
     let storage = if stored.is_some() { "copy" } else { "link" };
-    let written = tx
-        .execute(
+    let statement = tx
+        .prepare_cached(
             "INSERT INTO tether.images AS im (image_id, import_id, workspace_id, dataset_id, source_url,
                                               size_bytes, etag, last_modified, storage, stored_url)
              SELECT u.id, $1, $2, $3, u.url, u.size, u.etag, u.modified, $9, u.stored
@@ -476,6 +596,11 @@ async fn upsert_images(
                  stored_url = EXCLUDED.stored_url
              WHERE EXCLUDED.storage = 'copy'
                 OR (im.storage = 'link' AND im.etag IS DISTINCT FROM EXCLUDED.etag)",
+        )
+        .await?;
+    let written = tx
+        .execute(
+            &statement,
             &[
                 &task.import_id,
                 &request.workspace_id,

@@ -1,7 +1,9 @@
 //! `s3://bucket/prefix`: copies as S3 objects, written with Tether's own AWS
-//! identity. Up to one part is buffered per copy: objects that fit in one part
-//! are one PutObject, larger ones a multipart upload, so memory is bounded by
-//! (copies at once) x (part size) whatever the object size.
+//! identity. Objects that fit in one part are one PutObject, larger ones a
+//! multipart upload whose next part is read while the current one uploads
+//! (reading and writing at once: a copy is not the sum of the two), so at
+//! most two parts are buffered per copy and memory is bounded by
+//! 2 x (copies at once) x (part size) whatever the object size.
 
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::DisplayErrorContext;
@@ -82,10 +84,10 @@ impl S3Destination {
         chunks: &mut ByteChunks,
     ) -> Result<(), DestinationError> {
         let mut parts = Vec::new();
-        let mut part = Some(first);
-        while let Some(body) = part.take() {
+        let mut body = first;
+        loop {
             let number = i32::try_from(parts.len() + 1).unwrap_or(i32::MAX);
-            let uploaded = self
+            let upload = self
                 .client
                 .upload_part()
                 .bucket(&self.bucket)
@@ -93,19 +95,20 @@ impl S3Destination {
                 .upload_id(upload_id)
                 .part_number(number)
                 .body(ByteStream::from(body))
-                .send()
-                .await
-                .map_err(|e| write_error(&self.bucket, key, e))?;
+                .send();
+            let (uploaded, next) = tokio::join!(upload, fill(chunks, self.part_bytes));
+            let uploaded = uploaded.map_err(|e| write_error(&self.bucket, key, e))?;
             parts.push(
                 CompletedPart::builder()
                     .part_number(number)
                     .set_e_tag(uploaded.e_tag().map(str::to_owned))
                     .build(),
             );
-            let (next, _) = fill(chunks, self.part_bytes).await?;
-            if !next.is_empty() {
-                part = Some(next);
+            let (next, _) = next?;
+            if next.is_empty() {
+                break;
             }
+            body = next;
         }
         self.client
             .complete_multipart_upload()

@@ -12,7 +12,9 @@ use chrono::{DateTime, Utc};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{Method, Response, StatusCode};
 
-use super::{http_body, unreachable, ListPage, ObjectBody, ObjectMeta, ObjectSource, StorageError};
+use super::{
+    http_body, unreachable, ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource, StorageError,
+};
 use crate::contract::{AzureSource, Secret};
 
 /// Where accounts live unless `TETHER_AZURE_BLOB_ENDPOINT` says otherwise.
@@ -61,32 +63,33 @@ pub struct AzureContainer {
 
 #[async_trait::async_trait]
 impl ObjectSource for AzureContainer {
-    async fn list_page(
-        &self,
-        prefix: &str,
-        token: Option<&str>,
-        max_keys: u32,
-    ) -> Result<ListPage, StorageError> {
+    async fn list_page(&self, query: ListQuery<'_>) -> Result<ListPage, StorageError> {
+        let prefix = query.prefix;
         let mut url = format!(
             "{}?restype=container&comp=list&include=metadata&maxresults={}&prefix={}",
             self.container_url,
-            max_keys.clamp(1, 5000),
+            query.max_keys.clamp(1, 5000),
             utf8_percent_encode(prefix, QUERY)
         );
-        if let Some(marker) = token {
-            url.push_str(&format!("&marker={}", utf8_percent_encode(marker, QUERY)));
+        for (name, value) in [("marker", query.token), ("delimiter", query.delimiter)] {
+            if let Some(value) = value {
+                url.push_str(&format!("&{name}={}", utf8_percent_encode(value, QUERY)));
+            }
         }
         let response = self.call(Method::GET, url, None).await?;
         if !response.status().is_success() {
             return Err(self.refused(response, None).await);
         }
         let body = response.text().await.map_err(|e| unreachable("Azure", &e))?;
-        parse_listing(&body).map_err(|e| {
+        let page = parse_listing(&body).map_err(|e| {
             StorageError::Unavailable(format!(
                 "Azure answered the listing of {}/{prefix} unreadably: {e}",
                 self.name
             ))
-        })
+        })?;
+        // List Blobs cannot start at a key: the pages before it are read and
+        // dropped (a listing starts at a key only after the fan-out cap).
+        Ok(page.drop_before(query.start_at))
     }
 
     async fn read(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {
@@ -179,12 +182,27 @@ fn text<'a>(node: Option<Node<'a, '_>>) -> &'a str {
     node.and_then(|n| n.text()).unwrap_or_default()
 }
 
-/// Reads a List Blobs response: its blobs and `NextMarker`.
+/// A blob's or a prefix's `Name`: names with characters XML cannot carry
+/// arrive percent-encoded.
+fn name(node: Node<'_, '_>) -> Result<String, String> {
+    let name = child(node, "Name").ok_or("a Blob or BlobPrefix without a Name")?;
+    Ok(if name.attribute("Encoded") == Some("true") {
+        percent_decode_str(text(Some(name))).decode_utf8_lossy().into_owned()
+    } else {
+        text(Some(name)).to_owned()
+    })
+}
+
+/// Reads a List Blobs response: its blobs, prefixes and `NextMarker`.
 fn parse_listing(xml: &str) -> Result<ListPage, String> {
     let doc = roxmltree::Document::parse(xml).map_err(|e| e.to_string())?;
     let root = doc.root_element();
     let mut objects = Vec::new();
+    let mut prefixes = Vec::new();
     if let Some(blobs) = child(root, "Blobs") {
+        for prefix in blobs.children().filter(|c| c.has_tag_name("BlobPrefix")) {
+            prefixes.push(name(prefix)?);
+        }
         for blob in blobs.children().filter(|c| c.has_tag_name("Blob")) {
             // A directory of a hierarchical-namespace account (ADLS Gen2) is
             // a blob marked `hdi_isfolder`: a folder marker, not an object.
@@ -193,13 +211,7 @@ fn parse_listing(xml: &str) -> Result<ListPage, String> {
             {
                 continue;
             }
-            let name = child(blob, "Name").ok_or("a Blob without a Name")?;
-            // Names with characters XML cannot carry arrive percent-encoded.
-            let key = if name.attribute("Encoded") == Some("true") {
-                percent_decode_str(text(Some(name))).decode_utf8_lossy().into_owned()
-            } else {
-                text(Some(name)).to_owned()
-            };
+            let key = name(blob)?;
             let properties = child(blob, "Properties");
             let property = |p: &str| text(properties.and_then(|n| child(n, p)));
             objects.push(ObjectMeta {
@@ -213,7 +225,7 @@ fn parse_listing(xml: &str) -> Result<ListPage, String> {
         }
     }
     let next = Some(text(child(root, "NextMarker")).to_owned()).filter(|m| !m.is_empty());
-    Ok(ListPage { objects, next })
+    Ok(ListPage { objects, prefixes, next })
 }
 
 #[cfg(test)]
@@ -226,6 +238,8 @@ mod tests {
 <EnumerationResults ServiceEndpoint="http://127.0.0.1:10000/devstoreaccount1" ContainerName="c">
   <Prefix>a/</Prefix><MaxResults>2</MaxResults>
   <Blobs>
+    <BlobPrefix><Name>a/b/</Name></BlobPrefix>
+    <BlobPrefix><Name Encoded="true">a/%01c/</Name></BlobPrefix>
     <Blob><Name>a/1.jpg</Name><Properties><Last-Modified>Sat, 28 Nov 2026 12:00:00 GMT</Last-Modified><Etag>"0x8DC"</Etag><Content-Length>42</Content-Length></Properties></Blob>
     <Blob><Name>a/dir</Name><Properties><Content-Length>0</Content-Length></Properties><Metadata><hdi_isfolder>true</hdi_isfolder></Metadata></Blob>
     <Blob><Name Encoded="true">a/%01ctrl.jpg</Name><Properties><Etag>0x9</Etag><Content-Length>7</Content-Length></Properties></Blob>
@@ -239,6 +253,7 @@ mod tests {
         assert_eq!(page.objects[0].etag.as_deref(), Some("0x8DC"));
         assert!(page.objects[0].last_modified.is_some());
         assert_eq!(page.objects[1].key, "a/\u{1}ctrl.jpg");
+        assert_eq!(page.prefixes, ["a/b/", "a/\u{1}c/"]);
         assert_eq!(page.next.as_deref(), Some("2!8!YS8y"));
         let last =
             parse_listing("<EnumerationResults><Blobs/><NextMarker/></EnumerationResults>").expect("parses");

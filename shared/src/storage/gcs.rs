@@ -15,7 +15,9 @@ use chrono::{DateTime, Utc};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
-use super::{http_body, unreachable, ListPage, ObjectBody, ObjectMeta, ObjectSource, StorageError};
+use super::{
+    http_body, unreachable, ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource, StorageError,
+};
 use crate::contract::GcsSource;
 use crate::credentials::gcp::GcpTokens;
 
@@ -117,6 +119,8 @@ pub struct GcsBucket {
 struct Listing {
     #[serde(default)]
     items: Vec<Item>,
+    #[serde(default)]
+    prefixes: Vec<String>,
     next_page_token: Option<String>,
 }
 
@@ -142,14 +146,10 @@ struct ErrorDetail {
 
 #[async_trait::async_trait]
 impl ObjectSource for GcsBucket {
-    async fn list_page(
-        &self,
-        prefix: &str,
-        token: Option<&str>,
-        max_keys: u32,
-    ) -> Result<ListPage, StorageError> {
+    async fn list_page(&self, list: ListQuery<'_>) -> Result<ListPage, StorageError> {
+        let prefix = list.prefix;
         let url = self.api.url(&format!("/storage/v1/b/{}/o", segment(&self.bucket)));
-        let max = max_keys.clamp(1, 1000).to_string();
+        let max = list.max_keys.clamp(1, 1000).to_string();
         let response = self
             .api
             .send(
@@ -157,11 +157,14 @@ impl ObjectSource for GcsBucket {
                     let mut query = vec![
                         ("prefix", prefix),
                         ("maxResults", max.as_str()),
-                        ("fields", "items(name,size,generation,updated),nextPageToken"),
+                        ("fields", "items(name,size,generation,updated),prefixes,nextPageToken"),
                     ];
-                    if let Some(token) = token {
-                        query.push(("pageToken", token));
-                    }
+                    let optional = [
+                        ("pageToken", list.token),
+                        ("delimiter", list.delimiter),
+                        ("startOffset", list.start_at),
+                    ];
+                    query.extend(optional.into_iter().filter_map(|(name, value)| Some((name, value?))));
                     self.api.http().get(&url).query(&query)
                 },
                 self.impersonate.as_deref(),
@@ -187,7 +190,11 @@ impl ObjectSource for GcsBucket {
                 key: item.name,
             })
             .collect();
-        Ok(ListPage { objects, next: listing.next_page_token.filter(|t| !t.is_empty()) })
+        Ok(ListPage {
+            objects,
+            prefixes: listing.prefixes,
+            next: listing.next_page_token.filter(|t| !t.is_empty()),
+        })
     }
 
     async fn read(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {

@@ -31,12 +31,49 @@ pub struct ObjectMeta {
     pub last_modified: Option<DateTime<Utc>>,
 }
 
+/// The delimiter of delimited listings: keys are rolled up at the first `/`
+/// after the prefix, as a console shows folders.
+pub const DELIMITER: &str = "/";
+
+/// What one [`ObjectSource::list_page`] call asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct ListQuery<'a> {
+    pub prefix: &'a str,
+    /// The previous page's [`ListPage::next`]; `None` for the first page.
+    pub token: Option<&'a str>,
+    /// At most this many entries (objects and, on some stores, prefixes).
+    pub max_keys: u32,
+    /// With a delimiter, keys that hold it after the prefix are not listed
+    /// but rolled up into [`ListPage::prefixes`] (up to and including it).
+    pub delimiter: Option<&'a str>,
+    /// Only keys at or after this one (byte order). The same on every page
+    /// of a listing.
+    pub start_at: Option<&'a str>,
+}
+
 /// One page of a listing and the token of the next one.
 #[derive(Debug, Clone, Default)]
 pub struct ListPage {
     pub objects: Vec<ObjectMeta>,
+    /// Common prefixes of a delimited listing, each ending in the delimiter.
+    /// Stores differ in where they put them (on the page that covers them,
+    /// or all on the first page, again on later ones), so a reader must not
+    /// rely on their position.
+    pub prefixes: Vec<String>,
     /// `None` when this page was the last.
     pub next: Option<String>,
+}
+
+impl ListPage {
+    /// Drops what lies before `start_at`, for stores that cannot start a
+    /// listing exactly there.
+    fn drop_before(mut self, start_at: Option<&str>) -> Self {
+        if let Some(start) = start_at {
+            self.objects.retain(|o| o.key.as_str() >= start);
+            self.prefixes.retain(|p| p.as_str() >= start || start.starts_with(p.as_str()));
+        }
+        self
+    }
 }
 
 /// An object's bytes, as they arrive.
@@ -123,15 +160,9 @@ impl StorageError {
 /// A bucket (or container) that Tether can list and read.
 #[async_trait::async_trait]
 pub trait ObjectSource: Send + Sync + fmt::Debug {
-    /// Lists one page of at most `max_keys` objects under `prefix`,
-    /// continuing from `token`. A refused or failed listing is an error,
+    /// Lists one page of `query`. A refused or failed listing is an error,
     /// never an empty page.
-    async fn list_page(
-        &self,
-        prefix: &str,
-        token: Option<&str>,
-        max_keys: u32,
-    ) -> Result<ListPage, StorageError>;
+    async fn list_page(&self, query: ListQuery<'_>) -> Result<ListPage, StorageError>;
 
     /// Opens an object for reading, only if its ETag is still `etag` (when
     /// given): a changed object is [`StorageError::Changed`], never a mix.

@@ -10,7 +10,7 @@ use aws_sdk_s3::types::{EncodingType, ServerSideEncryption};
 use chrono::DateTime;
 use percent_encoding::percent_decode_str;
 
-use super::{ListPage, ObjectBody, ObjectMeta, ObjectSource, StorageError};
+use super::{ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource, StorageError};
 use crate::contract::S3Source;
 use crate::credentials::sts::{RoleKey, StsCredentials};
 
@@ -74,13 +74,10 @@ pub struct S3Bucket {
 
 #[async_trait::async_trait]
 impl ObjectSource for S3Bucket {
-    async fn list_page(
-        &self,
-        prefix: &str,
-        token: Option<&str>,
-        max_keys: u32,
-    ) -> Result<ListPage, StorageError> {
-        self.renewing(|| self.list_once(prefix, token, max_keys)).await
+    async fn list_page(&self, query: ListQuery<'_>) -> Result<ListPage, StorageError> {
+        let page = self.renewing(|| self.list_once(query)).await?;
+        // StartAfter is exclusive: we asked from just before `start_at`.
+        Ok(page.drop_before(query.start_at))
     }
 
     async fn read(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {
@@ -106,48 +103,61 @@ impl S3Bucket {
         }
     }
 
-    async fn list_once(
-        &self,
-        prefix: &str,
-        token: Option<&str>,
-        max_keys: u32,
-    ) -> Result<ListPage, StorageError> {
+    async fn list_once(&self, query: ListQuery<'_>) -> Result<ListPage, StorageError> {
+        let prefix = query.prefix;
+        // StartAfter is exclusive: start after `start_at` without its last
+        // character, a proper prefix of it and so before it.
+        let start_after = query.start_at.map(|s| {
+            let mut chars = s.chars();
+            chars.next_back();
+            chars.as_str().to_owned()
+        });
         let output = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(prefix)
-            .max_keys(i32::try_from(max_keys).unwrap_or(1000))
-            .set_continuation_token(token.map(str::to_owned))
+            .max_keys(i32::try_from(query.max_keys).unwrap_or(1000))
+            .set_continuation_token(query.token.map(str::to_owned))
+            .set_delimiter(query.delimiter.map(str::to_owned))
+            .set_start_after(start_after.filter(|s| !s.is_empty()))
             // Keys may hold characters XML cannot carry (control characters):
-            // S3 then sends them URL-encoded.
+            // S3 then sends them, and the common prefixes, URL-encoded.
             .encoding_type(EncodingType::Url)
             .send()
             .await
             .map_err(|e| self.classify(prefix, e))?;
-        let next = output.next_continuation_token().map(str::to_owned);
-        if output.is_truncated() == Some(true) && next.is_none() {
+        let next = output.next_continuation_token;
+        if output.is_truncated == Some(true) && next.is_none() {
             // Ending here would silently drop the rest of the listing.
             return Err(StorageError::Unavailable(format!(
                 "S3 said the listing of s3://{}/{prefix} goes on but gave no continuation token",
                 self.bucket
             )));
         }
+        // The SDK's strings are moved, not copied: a page is 1,000 of them.
         let objects = output
-            .contents()
-            .iter()
+            .contents
+            .unwrap_or_default()
+            .into_iter()
             .filter_map(|o| {
                 Some(ObjectMeta {
-                    key: percent_decode_str(o.key()?).decode_utf8_lossy().into_owned(),
-                    size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
-                    etag: o.e_tag().map(|e| e.trim_matches('"').to_owned()),
+                    size: u64::try_from(o.size.unwrap_or(0)).unwrap_or(0),
+                    etag: o.e_tag.map(unquoted),
                     last_modified: o
-                        .last_modified()
+                        .last_modified
                         .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                    key: url_decoded(o.key?),
                 })
             })
             .collect();
-        Ok(ListPage { objects, next })
+        let prefixes = output
+            .common_prefixes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| Some(url_decoded(p.prefix?)))
+            .collect();
+        Ok(ListPage { objects, prefixes, next })
     }
 
     async fn read_once(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {
@@ -175,6 +185,24 @@ impl S3Bucket {
             Some((item, (body, url)))
         });
         Ok(ObjectBody { size, md5, chunks: Box::pin(chunks) })
+    }
+}
+
+/// An ETag without its surrounding quotes, in place.
+fn unquoted(mut etag: String) -> String {
+    if etag.len() >= 2 && etag.starts_with('"') && etag.ends_with('"') {
+        etag.pop();
+        etag.remove(0);
+    }
+    etag
+}
+
+/// A key or prefix as `encoding-type=url` sent it, decoded; the string is
+/// reused when there was nothing to decode (nearly always).
+fn url_decoded(encoded: String) -> String {
+    match percent_decode_str(&encoded).decode_utf8_lossy() {
+        std::borrow::Cow::Borrowed(_) => encoded,
+        std::borrow::Cow::Owned(decoded) => decoded,
     }
 }
 
@@ -254,6 +282,13 @@ impl S3Bucket {
 #[cfg(test)]
 mod tests {
     use super::etag_md5;
+
+    #[test]
+    fn etags_lose_their_quotes_and_keys_their_encoding() {
+        assert_eq!(super::unquoted("\"abc\"".into()), "abc");
+        assert_eq!(super::unquoted("abc".into()), "abc");
+        assert_eq!(super::url_decoded("a/h%25/x%20y".into()), "a/h%/x y");
+    }
 
     #[test]
     fn only_single_part_etags_are_md5s() {
