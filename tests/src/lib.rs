@@ -4,13 +4,13 @@
 //! service makes the test fail with a message saying so; nothing is skipped.
 
 pub mod proxy;
+pub mod stores;
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use aws_sdk_s3::primitives::ByteStream;
 use futures_util::StreamExt;
 use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -268,14 +268,7 @@ impl TestEnv {
     }
 
     pub async fn put(&self, key: &str, body: &[u8]) {
-        self.s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(ByteStream::from(body.to_vec()))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+        stores::put_s3(&self.s3, &self.bucket, key, body).await;
     }
 
     /// Puts many small objects, 16 at a time; each body names its key.
@@ -445,6 +438,12 @@ impl TestEnv {
             .expect("connect to the test database");
         tokio::spawn(connection);
         client.query(sql, params).await.expect("query")
+    }
+
+    /// Every row of a one-column text query, joined: to search what is stored.
+    pub async fn dump_text(&self, sql: &str) -> String {
+        let rows = self.query(sql, &[]).await;
+        rows.iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_default()).collect::<Vec<_>>().join("\n")
     }
 
     /// source_url → (storage, stored_url) of every image of a dataset.

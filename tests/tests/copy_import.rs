@@ -166,45 +166,6 @@ async fn a_large_object_is_copied_intact_through_multipart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn objects_changed_or_deleted_between_listing_and_copy_fail_with_their_code() {
-    let env = TestEnv::new().await;
-    let objects = seed(&env, "race/", 12).await;
-    let dir = env.destination_dir();
-    let mut lister = env.worker_config();
-    lister.kinds = vec!["list".into()];
-    lister.destination = Some(format!("file://{}", dir.display()));
-    let fleet = env.start(vec![env.scheduler_config()], vec![lister.clone()]).await;
-    let id = env.submit(&copy_request(&env, "race", &["race/"])).await;
-    // Listed, not yet copied: no worker takes copy tasks.
-    env.wait_listed(id, 12).await;
-    env.put("race/img_003.jpg", b"rewritten after listing").await;
-    env.delete("race/img_007.jpg").await;
-    let mut copier = lister;
-    copier.kinds = vec!["copy".into()];
-    let copiers = env.start(vec![], vec![copier]).await;
-
-    let status = env.wait_final(id).await;
-    assert_eq!(status["state"], "partially_succeeded", "{status}");
-    assert_eq!((status["objects_imported"].as_i64(), status["objects_failed"].as_i64()), (Some(10), Some(2)));
-    let expected_bytes: usize = objects
-        .iter()
-        .filter(|(k, _)| !k.ends_with("003.jpg") && !k.ends_with("007.jpg"))
-        .map(|(_, v)| v.len())
-        .sum();
-    assert_eq!(status["bytes_copied"], expected_bytes as i64);
-    let bucket = &env.bucket;
-    assert_eq!(
-        env.failures(id).await,
-        vec![
-            (format!("s3://{bucket}/race/img_003.jpg"), "changed_during_copy".into()),
-            (format!("s3://{bucket}/race/img_007.jpg"), "not_found".into()),
-        ]
-    );
-    copiers.stop().await;
-    fleet.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_keys_cannot_place_bytes_outside_the_destination() {
     let env = TestEnv::new().await;
     let keys = [

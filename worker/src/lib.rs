@@ -152,6 +152,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(120))
+        // A redirect would carry an Azure URL, SAS token included, elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| WorkerError::Http(e.without_url().to_string()))?;
     let gcp_tokens = Arc::new(GcpTokens::new(http.clone(), refresh_margin));

@@ -164,7 +164,7 @@ impl Worker {
     }
 
     /// Fails the whole import with the error's sentence (credentials refused,
-    /// bucket missing, provider unsupported).
+    /// bucket or container missing).
     pub(crate) async fn fail_import(&self, task: &TaskContext, error: &StorageError) -> Result<(), DbError> {
         let sentence = match error {
             StorageError::Credentials(CredentialError::Refused { sentence }) => sentence.clone(),

@@ -66,7 +66,7 @@ impl ObjectSource for AzureContainer {
     async fn list_page(&self, query: ListQuery<'_>) -> Result<ListPage, StorageError> {
         let prefix = query.prefix;
         let mut url = format!(
-            "{}?restype=container&comp=list&maxresults={}&prefix={}",
+            "{}?restype=container&comp=list&include=metadata&maxresults={}&prefix={}",
             self.container_url,
             query.max_keys.clamp(1, 5000),
             utf8_percent_encode(prefix, QUERY)
@@ -204,6 +204,13 @@ fn parse_listing(xml: &str) -> Result<ListPage, String> {
             prefixes.push(name(prefix)?);
         }
         for blob in blobs.children().filter(|c| c.has_tag_name("Blob")) {
+            // A directory of a hierarchical-namespace account (ADLS Gen2) is
+            // a blob marked `hdi_isfolder`: a folder marker, not an object.
+            if text(child(blob, "Metadata").and_then(|m| child(m, "hdi_isfolder")))
+                .eq_ignore_ascii_case("true")
+            {
+                continue;
+            }
             let key = name(blob)?;
             let properties = child(blob, "Properties");
             let property = |p: &str| text(properties.and_then(|n| child(n, p)));
@@ -234,6 +241,7 @@ mod tests {
     <BlobPrefix><Name>a/b/</Name></BlobPrefix>
     <BlobPrefix><Name Encoded="true">a/%01c/</Name></BlobPrefix>
     <Blob><Name>a/1.jpg</Name><Properties><Last-Modified>Sat, 28 Nov 2026 12:00:00 GMT</Last-Modified><Etag>"0x8DC"</Etag><Content-Length>42</Content-Length></Properties></Blob>
+    <Blob><Name>a/dir</Name><Properties><Content-Length>0</Content-Length></Properties><Metadata><hdi_isfolder>true</hdi_isfolder></Metadata></Blob>
     <Blob><Name Encoded="true">a/%01ctrl.jpg</Name><Properties><Etag>0x9</Etag><Content-Length>7</Content-Length></Properties></Blob>
   </Blobs>
   <NextMarker>2!8!YS8y</NextMarker>

@@ -126,9 +126,6 @@ pub enum StorageError {
     /// 5xx, connection reset, timeout: worth retrying.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// This installation cannot read this kind of source.
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 impl StorageError {
@@ -153,9 +150,9 @@ impl StorageError {
             | StorageError::CredentialsExpired(_)
             | StorageError::Credentials(CredentialError::Refused { .. }) => "access_denied",
             StorageError::Throttled(_) => "throttled",
-            StorageError::Unavailable(_)
-            | StorageError::Credentials(CredentialError::Unavailable(_))
-            | StorageError::Unsupported(_) => "unavailable",
+            StorageError::Unavailable(_) | StorageError::Credentials(CredentialError::Unavailable(_)) => {
+                "unavailable"
+            }
         }
     }
 }

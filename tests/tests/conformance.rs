@@ -1,0 +1,237 @@
+//! The storage conformance suite: the same cases, end to end through AMQP,
+//! against S3 (moto), GCS (fake-gcs-server) and Azure Blob (Azurite). A
+//! customer sees the same states, counts, failure codes, events, re-import
+//! rules and sentences whichever cloud their bucket is in.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Value};
+use tether_tests::stores::{Provider, TestBucket};
+use tether_tests::TestEnv;
+
+/// Runs one case against each provider, as `case::s3`, `case::gcs`, `case::azure`.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            use tether_tests::stores::Provider;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn s3() { super::$case(Provider::S3).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn gcs() { super::$case(Provider::Gcs).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn azure() { super::$case(Provider::Azure).await }
+        }
+    )*};
+}
+
+conformance!(listing_and_reimport, copy_byte_for_byte, changed_or_deleted_before_copy, missing_bucket);
+
+/// Deterministic but varied bytes.
+fn body(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i * 31 + j * 7 + j / 251) as u8).collect()
+}
+
+/// Keys that need encoding in URLs and queries, on every provider.
+const ODD_KEYS: [&str; 4] = [
+    "photos/odd/sp ace ünï 日本.jpg",
+    "photos/odd/hash#1+plus%25.jpg",
+    "photos/odd/q?x=1&y.png",
+    "photos/odd/a//b.jpg",
+];
+
+async fn listing_and_reimport(provider: Provider) {
+    let env = TestEnv::new().await;
+    let bucket = env.bucket(provider).await;
+    let mut objects: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..15 {
+        objects.push((format!("photos/2024/img_{i:03}.jpg"), body(i, 100 + i)));
+    }
+    for i in 0..10 {
+        objects.push((format!("photos/other/pic_{i:03}.PNG"), body(i, 50)));
+    }
+    for i in 0..8 {
+        objects.push((format!("scans/s_{i:03}.tiff"), body(i, 70)));
+    }
+    objects.extend(ODD_KEYS.iter().map(|k| (k.to_string(), k.as_bytes().to_vec())));
+    objects.push(("photos/big.jpg".into(), vec![7; 2000]));
+    for other in ["photos/readme.txt", "scans/data.json", "unrelated/img.jpg", "photosynthesis.jpg"] {
+        objects.push((other.into(), b"x".to_vec()));
+    }
+    bucket.put_all(&objects).await;
+    // Folder markers: not objects of the dataset, not counted.
+    bucket.put_folder_marker("photos/").await;
+    bucket.put_folder_marker("photos/2024/").await;
+
+    let mut worker = env.worker_config();
+    worker.page_size = 4;
+    let fleet = env.start(vec![env.scheduler_config()], vec![worker.clone(), worker]).await;
+    // "photos/" covers "photos/2024/": every object is listed once.
+    let mut request = bucket.request(&env, "conf", &["photos/2024/", "scans/", "photos/"]);
+    request["filter"] = json!({ "max_object_bytes": 1000 });
+    let id = env.submit(&request).await;
+    let status = env.wait_final(id).await;
+
+    // photos/: 15 + 10 + 4 odd + big (too large) + readme.txt; scans/: 8 + data.json.
+    assert_eq!(status["state"], "partially_succeeded", "{status}");
+    assert_eq!(counts(&status), (40, 37, 2, 1), "{status}");
+    assert!(status["error"].as_str().is_some_and(|e| e.contains("too_large")), "{status}");
+    assert_eq!(env.failures(id).await, vec![(bucket.url("photos/big.jpg"), "too_large".to_owned())]);
+    let images = env.images("conf").await;
+    let expected: BTreeSet<String> = objects
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| (k.starts_with("photos/") || k.starts_with("scans/")) && !k.ends_with('/'))
+        .filter(|k| !k.ends_with(".txt") && !k.ends_with(".json") && !k.ends_with("big.jpg"))
+        .map(|k| bucket.url(k))
+        .collect();
+    assert_eq!(images.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    assert!(images.values().all(Option::is_some), "every image has its etag (generation on GCS)");
+    let events = env.finished_events(1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (events[0]["state"].as_str(), events[0]["objects_imported"].as_i64()),
+        (Some("partially_succeeded"), Some(37))
+    );
+
+    // Re-import: unchanged objects are skipped; a rewritten one and a new one
+    // are imported.
+    bucket.put("photos/2024/img_003.jpg", b"rewritten").await;
+    bucket.put("scans/s_new.tiff", b"new").await;
+    request["import_id"] = json!(uuid::Uuid::new_v4());
+    let again = env.wait_final(env.submit(&request).await).await;
+    assert_eq!(counts(&again), (41, 2, 38, 1), "{again}");
+    let after = env.images("conf").await;
+    let url = bucket.url("photos/2024/img_003.jpg");
+    assert_ne!(after[&url], images[&url], "the rewritten object's etag was updated");
+    fleet.stop().await;
+}
+
+/// (listed, imported, skipped, failed)
+fn counts(status: &Value) -> (i64, i64, i64, i64) {
+    let n = |f: &str| status[f].as_i64().unwrap_or(-1);
+    (n("objects_listed"), n("objects_imported"), n("objects_skipped"), n("objects_failed"))
+}
+
+async fn copy_byte_for_byte(provider: Provider) {
+    let env = TestEnv::new().await;
+    let bucket = env.bucket(provider).await;
+    let mut objects: BTreeMap<String, Vec<u8>> =
+        (0..11).map(|i| (format!("c/img_{i:03}.jpg"), body(i, 1000 + i * 997 % 70_000))).collect();
+    objects.insert("c/large.png".into(), body(99, 6 * 1024 * 1024 + 123));
+    for key in ODD_KEYS {
+        objects.insert(key.replace("photos/", "c/"), key.as_bytes().to_vec());
+    }
+    bucket.put_all(&objects.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>()).await;
+    let dir = env.destination_dir();
+    let mut worker = env.worker_config();
+    worker.page_size = 5;
+    worker.destination = Some(format!("file://{}", dir.display()));
+    let fleet = env.start(vec![env.scheduler_config()], vec![worker]).await;
+    let mut request = bucket.request(&env, "conf-copy", &["c/"]);
+    request["mode"] = json!("copy");
+    let id = env.submit(&request).await;
+    let status = env.wait_final(id).await;
+
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(counts(&status), (16, 16, 0, 0), "{status}");
+    assert_eq!(status["bytes_copied"], objects.values().map(Vec::len).sum::<usize>() as i64);
+    let stored = env.stored("conf-copy").await;
+    for (key, bytes) in &objects {
+        let (storage, stored_url) = &stored[&bucket.url(key)];
+        assert_eq!(storage, "copy");
+        let path = stored_url.as_deref().and_then(|u| u.strip_prefix("file://")).expect("a file:// copy");
+        assert_eq!(&std::fs::read(path).expect("read the copy"), bytes, "{key} differs from its copy");
+    }
+    fleet.stop().await;
+}
+
+async fn changed_or_deleted_before_copy(provider: Provider) {
+    let env = TestEnv::new().await;
+    let bucket = env.bucket(provider).await;
+    let objects: Vec<(String, Vec<u8>)> =
+        (0..6).map(|i| (format!("race/img_{i}.jpg"), body(i, 500))).collect();
+    bucket.put_all(&objects).await;
+    let mut lister = env.worker_config();
+    lister.kinds = vec!["list".into()];
+    lister.destination = Some(format!("file://{}", env.destination_dir().display()));
+    let fleet = env.start(vec![env.scheduler_config()], vec![lister.clone()]).await;
+    let mut request = bucket.request(&env, "race", &["race/"]);
+    request["mode"] = json!("copy");
+    let id = env.submit(&request).await;
+    // Listed, not yet copied: no worker takes copy tasks.
+    env.wait_listed(id, 6).await;
+    bucket.put("race/img_1.jpg", b"rewritten after listing").await;
+    bucket.delete("race/img_4.jpg").await;
+    let mut copier = lister;
+    copier.kinds = vec!["copy".into()];
+    let copiers = env.start(vec![], vec![copier]).await;
+
+    let status = env.wait_final(id).await;
+    assert_eq!(status["state"], "partially_succeeded", "{status}");
+    assert_eq!(counts(&status), (6, 4, 0, 2), "{status}");
+    assert_eq!(status["bytes_copied"], 2000);
+    assert_eq!(
+        env.failures(id).await,
+        vec![
+            (bucket.url("race/img_1.jpg"), "changed_during_copy".into()),
+            (bucket.url("race/img_4.jpg"), "not_found".into()),
+        ]
+    );
+    copiers.stop().await;
+    fleet.stop().await;
+}
+
+async fn missing_bucket(provider: Provider) {
+    let env = TestEnv::new().await;
+    let bucket = env.bucket(provider).await;
+    let fleet = env.start_default(1).await;
+    let missing = format!("{}-missing", bucket.name);
+    let mut request = bucket.request(&env, "missing", &[""]);
+    request["source"] = bucket.source_named(&missing, &[""]);
+    let status = env.wait_final(env.submit(&request).await).await;
+    assert_eq!(status["state"], "failed", "{status}");
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&missing) && error.contains("does not exist"), "{error}");
+    let (field, noun) = match provider {
+        Provider::Azure => ("source.container", "container"),
+        _ => ("source.bucket", "bucket"),
+    };
+    assert!(error.contains(field) && error.contains(noun), "{error}");
+    assert_eq!(env.finished_events(1).await.len(), 1);
+    fleet.stop().await;
+}
+
+/// A copy into `gs://`: small objects as one upload, a large one through a
+/// resumable upload of several parts, every byte intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_into_a_gcs_destination() {
+    let env = TestEnv::new().await;
+    let destination = env.bucket(Provider::Gcs).await;
+    let source = env.bucket(Provider::S3).await;
+    let mut objects: BTreeMap<String, Vec<u8>> =
+        (0..5).map(|i| (format!("g/img_{i}.jpg"), body(i, 3000))).collect();
+    objects.insert("g/large.jpg".into(), body(7, 11 * 1024 * 1024 + 5));
+    source.put_all(&objects.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>()).await;
+    let mut worker = env.worker_config();
+    worker.destination = Some(format!("gs://{}/platform", destination.name));
+    let fleet = env.start(vec![env.scheduler_config()], vec![worker]).await;
+    let mut request = source.request(&env, "to-gcs", &["g/"]);
+    request["mode"] = json!("copy");
+    request["filter"] = json!({ "max_object_bytes": 50_000_000 });
+    let status = env.wait_final(env.submit(&request).await).await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    let stored = env.stored("to-gcs").await;
+    for (key, bytes) in &objects {
+        let stored_url = stored[&source.url(key)].1.clone().expect("a stored_url");
+        let object = stored_url
+            .strip_prefix(&format!("gs://{}/", destination.name))
+            .unwrap_or_else(|| panic!("{stored_url} is not in the gs:// destination"));
+        assert!(object.starts_with("platform/ws-test/to-gcs/"), "{object}");
+        assert_eq!(
+            &TestBucket::gcs_get(&destination.name, object).await,
+            bytes,
+            "{key} differs from its copy"
+        );
+    }
+    fleet.stop().await;
+}
