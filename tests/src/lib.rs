@@ -177,6 +177,8 @@ impl TestEnv {
             destination: None,
             copy_concurrency: 8,
             copy_part_bytes: 5 * 1024 * 1024,
+            copy_parts_in_flight: 4,
+            copy_buffer_bytes: 64 * 1024 * 1024,
             copy_batch_objects: 10,
             copy_batch_bytes: 1 << 30,
             copy_max_attempts: 3,

@@ -3,8 +3,8 @@
 //! (references, failures, counts, bytes) in one transaction.
 //!
 //! Objects of all copy tasks in hand share one semaphore, so a worker never
-//! copies more than `TETHER_COPY_CONCURRENCY` objects at once, and its memory
-//! stays within twice that many multipart parts.
+//! copies more than `TETHER_COPY_CONCURRENCY` objects at once; the
+//! destination's part budget (`TETHER_COPY_BUFFER_BYTES`) bounds its memory.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;

@@ -33,7 +33,7 @@ use tether_shared::credentials::gcp::GcpTokens;
 use tether_shared::credentials::sts::StsCredentials;
 use tether_shared::db::tasks::{Batching, Work};
 use tether_shared::db::{DbError, Store};
-use tether_shared::destination::{self, DestinationError};
+use tether_shared::destination::{self, DestinationError, Parts};
 use tether_shared::queue::{self, Link, QueueError};
 use tether_shared::storage::azure::{self, AzureSources};
 use tether_shared::storage::gcs::{GcsApi, GcsSources};
@@ -97,13 +97,19 @@ pub struct WorkerConfig {
     /// copy imports fail with an error saying so.
     #[arg(long, env = "TETHER_DESTINATION")]
     pub destination: Option<String>,
-    /// Objects one worker copies at once. Memory is bounded by twice this
-    /// times the part size (a part is read while the previous one uploads).
+    /// Objects one worker copies at once.
     #[arg(long, env = "TETHER_COPY_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub copy_concurrency: u16,
     /// Multipart part size for `s3://` destinations (at least 5 MiB).
     #[arg(long, env = "TETHER_COPY_PART_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub copy_part_bytes: usize,
+    /// Parts of one object uploading at once (`s3://`).
+    #[arg(long, env = "TETHER_COPY_PARTS_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub copy_parts_in_flight: u16,
+    /// Memory for part buffers, all copies together: a copy waits for room
+    /// rather than exceed it (at least one part).
+    #[arg(long, env = "TETHER_COPY_BUFFER_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub copy_buffer_bytes: usize,
     /// At most this many objects per copy task.
     #[arg(long, env = "TETHER_COPY_BATCH_OBJECTS", default_value_t = 100)]
     pub copy_batch_objects: usize,
@@ -160,7 +166,18 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let gcs = GcsApi::new(http.clone(), config.storage_emulator_host.as_deref(), gcp_tokens);
     let destination = match &config.destination {
         Some(url) => Some(
-            destination::open(url, &sdk, config.s3_force_path_style, &gcs, config.copy_part_bytes).await?,
+            destination::open(
+                url,
+                &sdk,
+                config.s3_force_path_style,
+                &gcs,
+                Parts::new(
+                    config.copy_part_bytes,
+                    config.copy_parts_in_flight.into(),
+                    config.copy_buffer_bytes,
+                ),
+            )
+            .await?,
         ),
         None => None,
     };

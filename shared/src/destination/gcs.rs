@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use reqwest::StatusCode;
 
-use super::{fill, Destination, DestinationError};
+use super::{fill, Destination, DestinationError, Parts};
 use crate::storage::gcs::{segment, GcsApi};
 use crate::storage::ByteChunks;
 
@@ -21,16 +21,19 @@ pub struct GcsDestination {
     api: GcsApi,
     bucket: String,
     prefix: String,
+    /// Resumable parts are whole multiples of 256 KiB.
     part_bytes: usize,
+    parts: Parts,
 }
 
 impl GcsDestination {
-    pub fn new(api: GcsApi, bucket: &str, prefix: &str, part_bytes: usize) -> Self {
+    pub fn new(api: GcsApi, bucket: &str, prefix: &str, parts: Parts) -> Self {
         Self {
             api,
             bucket: bucket.to_owned(),
             prefix: prefix.trim_matches('/').to_owned(),
-            part_bytes: (part_bytes / QUANTUM).max(1) * QUANTUM,
+            part_bytes: (parts.bytes / QUANTUM).max(1) * QUANTUM,
+            parts,
         }
     }
 
@@ -148,6 +151,8 @@ impl GcsDestination {
 impl Destination for GcsDestination {
     async fn write(&self, key: &str, _size: u64, mut chunks: ByteChunks) -> Result<String, DestinationError> {
         let key = if self.prefix.is_empty() { key.to_owned() } else { format!("{}/{key}", self.prefix) };
+        // One part buffered per copy, within the worker's part budget.
+        let _permit = self.parts.permit().await?;
         let (first, ended) = fill(&mut chunks, self.part_bytes).await?;
         if ended {
             let response = self

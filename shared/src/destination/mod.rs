@@ -64,6 +64,34 @@ pub trait Destination: Send + Sync + fmt::Debug {
     async fn write(&self, key: &str, size: u64, chunks: ByteChunks) -> Result<String, DestinationError>;
 }
 
+/// How copies are cut into parts, and how many part buffers a worker may
+/// hold at once: its copy memory is bounded by `budget` x `bytes`, whatever
+/// the object sizes and however many copies run.
+#[derive(Debug, Clone)]
+pub struct Parts {
+    /// Part size (`TETHER_COPY_PART_BYTES`).
+    pub bytes: usize,
+    /// Parts of one object uploading at once (`s3://`).
+    pub in_flight: usize,
+    budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl Parts {
+    /// `buffer_bytes` is the worker's budget for part buffers (at least one part).
+    pub fn new(bytes: usize, in_flight: usize, buffer_bytes: usize) -> Self {
+        let permits = (buffer_bytes / bytes.max(1)).max(1);
+        Self { bytes, in_flight: in_flight.max(1), budget: Arc::new(tokio::sync::Semaphore::new(permits)) }
+    }
+
+    /// Waits for room for one more part buffer.
+    pub(crate) async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, DestinationError> {
+        Arc::clone(&self.budget)
+            .acquire_owned()
+            .await
+            .map_err(|_| DestinationError::Write("the part budget was closed".into()))
+    }
+}
+
 /// Opens `TETHER_DESTINATION`: `s3://bucket/prefix`, `gs://bucket/prefix`
 /// or `file:///dir`.
 pub async fn open(
@@ -71,7 +99,7 @@ pub async fn open(
     sdk: &aws_config::SdkConfig,
     force_path_style: bool,
     gcs: &GcsApi,
-    part_bytes: usize,
+    parts: Parts,
 ) -> Result<Arc<dyn Destination>, DestinationError> {
     if let Some(path) = url.strip_prefix("file://") {
         return Ok(Arc::new(file::FileDestination::create(path).await?));
@@ -85,9 +113,9 @@ pub async fn open(
             )));
         }
         return Ok(if scheme == "s3" {
-            Arc::new(s3::S3Destination::new(sdk, force_path_style, bucket, prefix, part_bytes))
+            Arc::new(s3::S3Destination::new(sdk, force_path_style, bucket, prefix, parts))
         } else {
-            Arc::new(gcs::GcsDestination::new(gcs.clone(), bucket, prefix, part_bytes))
+            Arc::new(gcs::GcsDestination::new(gcs.clone(), bucket, prefix, parts))
         });
     }
     Err(DestinationError::BadUrl(format!(

@@ -1,17 +1,19 @@
 //! `s3://bucket/prefix`: copies as S3 objects, written with Tether's own AWS
 //! identity. Objects that fit in one part are one PutObject, larger ones a
-//! multipart upload whose next part is read while the current one uploads
-//! (reading and writing at once: a copy is not the sum of the two), so at
-//! most two parts are buffered per copy and memory is bounded by
-//! 2 x (copies at once) x (part size) whatever the object size.
+//! multipart upload with up to `parts.in_flight` parts uploading at once
+//! while the next is read, as a large copy is otherwise bounded by one
+//! connection's speed. Every buffered part holds a permit of the worker's
+//! part budget ([`Parts`]), so memory is bounded whatever the object sizes.
 
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinSet;
 
-use super::{fill, Destination, DestinationError};
+use super::{fill, Destination, DestinationError, Parts};
 use crate::storage::ByteChunks;
 
 /// S3's smallest part (all but the last).
@@ -22,7 +24,7 @@ pub struct S3Destination {
     client: aws_sdk_s3::Client,
     bucket: String,
     prefix: String,
-    part_bytes: usize,
+    parts: Parts,
 }
 
 impl S3Destination {
@@ -31,7 +33,7 @@ impl S3Destination {
         force_path_style: bool,
         bucket: &str,
         prefix: &str,
-        part_bytes: usize,
+        parts: Parts,
     ) -> Self {
         let config = aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(force_path_style)
@@ -42,14 +44,14 @@ impl S3Destination {
             client: aws_sdk_s3::Client::from_conf(config),
             bucket: bucket.to_owned(),
             prefix: prefix.trim_matches('/').to_owned(),
-            part_bytes: part_bytes.max(MIN_PART_BYTES),
+            parts: Parts { bytes: parts.bytes.max(MIN_PART_BYTES), ..parts },
         }
     }
 
     async fn multipart(
         &self,
         key: &str,
-        first: Bytes,
+        first: (Bytes, OwnedSemaphorePermit),
         chunks: &mut ByteChunks,
     ) -> Result<(), DestinationError> {
         let upload = self
@@ -76,50 +78,71 @@ impl S3Destination {
         result
     }
 
+    /// Uploads parts as they are read, up to `parts.in_flight` at once; each
+    /// part's budget permit is released once it is uploaded. An error drops
+    /// the uploads still running (the JoinSet aborts them).
     async fn upload_parts(
         &self,
         key: &str,
         upload_id: &str,
-        first: Bytes,
+        first: (Bytes, OwnedSemaphorePermit),
         chunks: &mut ByteChunks,
     ) -> Result<(), DestinationError> {
-        let mut parts = Vec::new();
-        let mut body = first;
-        loop {
-            let number = i32::try_from(parts.len() + 1).unwrap_or(i32::MAX);
-            let upload = self
+        let mut uploads: JoinSet<Result<CompletedPart, DestinationError>> = JoinSet::new();
+        let mut done = Vec::new();
+        let mut number = 0;
+        let mut next = Some(first);
+        while let Some((body, permit)) = next.take() {
+            number += 1;
+            let request = self
                 .client
                 .upload_part()
                 .bucket(&self.bucket)
                 .key(key)
                 .upload_id(upload_id)
                 .part_number(number)
-                .body(ByteStream::from(body))
-                .send();
-            let (uploaded, next) = tokio::join!(upload, fill(chunks, self.part_bytes));
-            let uploaded = uploaded.map_err(|e| write_error(&self.bucket, key, e))?;
-            parts.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(uploaded.e_tag().map(str::to_owned))
-                    .build(),
-            );
-            let (next, _) = next?;
-            if next.is_empty() {
-                break;
+                .body(ByteStream::from(body));
+            let (bucket, key_owned) = (self.bucket.clone(), key.to_owned());
+            uploads.spawn(async move {
+                let uploaded = request.send().await.map_err(|e| write_error(&bucket, &key_owned, e));
+                drop(permit);
+                let etag = uploaded?.e_tag().map(str::to_owned);
+                Ok(CompletedPart::builder().part_number(number).set_e_tag(etag).build())
+            });
+            while uploads.len() >= self.parts.in_flight {
+                done.push(joined(uploads.join_next().await)?);
             }
-            body = next;
+            let permit = self.parts.permit().await?;
+            let (body, _) = fill(chunks, self.parts.bytes).await?;
+            if !body.is_empty() {
+                next = Some((body, permit));
+            }
         }
+        while let Some(part) = uploads.join_next().await {
+            done.push(joined(Some(part))?);
+        }
+        done.sort_by_key(|p| p.part_number());
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
             .send()
             .await
             .map_err(|e| write_error(&self.bucket, key, e))?;
         Ok(())
+    }
+}
+
+/// The outcome of one part's upload task.
+fn joined(
+    part: Option<Result<Result<CompletedPart, DestinationError>, tokio::task::JoinError>>,
+) -> Result<CompletedPart, DestinationError> {
+    match part {
+        Some(Ok(result)) => result,
+        Some(Err(e)) => Err(DestinationError::Write(format!("a part upload stopped: {e}"))),
+        None => Err(DestinationError::Write("a part upload went missing".into())),
     }
 }
 
@@ -135,7 +158,8 @@ fn write_error<E: std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>
 impl Destination for S3Destination {
     async fn write(&self, key: &str, _size: u64, mut chunks: ByteChunks) -> Result<String, DestinationError> {
         let key = if self.prefix.is_empty() { key.to_owned() } else { format!("{}/{key}", self.prefix) };
-        let (first, ended) = fill(&mut chunks, self.part_bytes).await?;
+        let permit = self.parts.permit().await?;
+        let (first, ended) = fill(&mut chunks, self.parts.bytes).await?;
         if ended {
             self.client
                 .put_object()
@@ -146,7 +170,7 @@ impl Destination for S3Destination {
                 .await
                 .map_err(|e| write_error(&self.bucket, &key, e))?;
         } else {
-            self.multipart(&key, first, &mut chunks).await?;
+            self.multipart(&key, (first, permit), &mut chunks).await?;
         }
         Ok(format!("s3://{}/{key}", self.bucket))
     }
