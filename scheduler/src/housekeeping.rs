@@ -7,6 +7,7 @@
 //! 3. Re-publish pending tasks whose message went out long ago without
 //!    progress since: the message may have been lost.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tether_shared::contract::{REJECTED_QUEUE, REQUEST_QUEUE};
@@ -15,6 +16,7 @@ use tether_shared::db::Store;
 use tether_shared::queue::{Link, QueueError};
 use tether_shared::task::{TaskKind, REQUEST_DEAD_LETTER_QUEUE, TASK_DEAD_LETTER_QUEUE};
 use tether_shared::telemetry::metrics;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::SchedulerError;
@@ -49,11 +51,14 @@ impl Keeper {
         Self { store, link, republish_after_secs, last_complaint: None, last_gauges: None }
     }
 
-    pub(crate) async fn run(mut self, tick: Duration, stop: CancellationToken) {
+    /// Runs a pass every `tick`, and at once when `wake` is notified (a task
+    /// ended).
+    pub(crate) async fn run(mut self, tick: Duration, wake: Arc<Notify>, stop: CancellationToken) {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(tick) => {}
+                () = wake.notified() => {}
             }
             if let Err(error) = self.pass().await {
                 self.complain(&error);

@@ -10,6 +10,7 @@
 mod housekeeping;
 mod requests;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -20,6 +21,7 @@ use tether_shared::contract::{ValidationOptions, REQUEST_QUEUE};
 use tether_shared::db::{DbError, Store};
 use tether_shared::queue::{self, Link, QueueError};
 use tether_shared::telemetry::{self, Readiness};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// The scheduler's configuration (environment variables, or flags).
@@ -77,11 +79,16 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
         ValidationOptions { gcs_allow_own_identity: config.gcs_allow_own_identity },
         config.common.secrets_key.clone(),
     );
-    let keeper = housekeeping::Keeper::new(store, link.clone(), config.republish_after_secs);
+    let keeper = housekeeping::Keeper::new(store.clone(), link.clone(), config.republish_after_secs);
     // The scheduler's own token, so that stopping it stops the housekeeping
     // without cancelling whatever else shares the caller's token.
     let stop = shutdown.child_token();
-    let keeper_task = tokio::spawn(keeper.run(tick, stop.clone()));
+    let wake = Arc::new(Notify::new());
+    let listener_task = tokio::spawn({
+        let (store, wake, stop) = (store, Arc::clone(&wake), stop.clone());
+        async move { store.listen_for_ended_tasks(wake, stop).await }
+    });
+    let keeper_task = tokio::spawn(keeper.run(tick, wake, stop.clone()));
 
     loop {
         match consume(&handler, &connection, &stop).await {
@@ -98,6 +105,7 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
     tracing::info!("Scheduler stopping.");
     stop.cancel();
     let _ = keeper_task.await;
+    let _ = listener_task.await;
     link.close("scheduler stopping").await;
     tracing::info!("Scheduler stopped.");
     Ok(())

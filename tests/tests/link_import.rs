@@ -215,3 +215,20 @@ async fn two_schedulers_start_on_one_fresh_database() {
     fleet.assert_running();
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_import_is_final_as_soon_as_its_last_task_ends_not_at_the_next_tick() {
+    let env = TestEnv::new().await;
+    env.put_many((0..30).map(|i| format!("w/{i}/img.jpg"))).await;
+    // A tick far longer than the wait below: only the wake-up can finish it.
+    let mut scheduler = env.scheduler_config();
+    scheduler.tick_secs = 600.0;
+    let fleet = env.start(vec![scheduler], vec![env.worker_config()]).await;
+    let id = env.submit(&env.request("wake", &["w/"])).await;
+    let status = env.wait_final_within(id, Duration::from_secs(30)).await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["objects_imported"], 30);
+    // The FinishedEvent goes out in the same pass.
+    assert_eq!(env.finished_events(1).await.len(), 1);
+    fleet.stop().await;
+}

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod events;
 pub mod imports;
 pub mod tasks;
+pub mod wakeups;
 
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0003_failure_objects", include_str!("../../../migrations/0003_failure_objects.sql")),
     ("0004_source_secret", include_str!("../../../migrations/0004_source_secret.sql")),
     ("0005_list_fan_out", include_str!("../../../migrations/0005_list_fan_out.sql")),
+    ("0006_task_ended_notify", include_str!("../../../migrations/0006_task_ended_notify.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises schedulers
@@ -46,6 +48,8 @@ pub enum DbError {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: Pool,
+    /// For connections of its own (the scheduler's wake-ups).
+    config: tokio_postgres::Config,
 }
 
 impl Store {
@@ -59,7 +63,7 @@ impl Store {
             .map_err(|e: tokio_postgres::Error| DbError::BadUrl(e.to_string()))?;
         // Verified: after a database restart, Fast would hand out dead connections.
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig { recycling_method: RecyclingMethod::Verified },
         );
@@ -73,7 +77,7 @@ impl Store {
             })
             .build()
             .map_err(|e| DbError::BadUrl(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, config })
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
