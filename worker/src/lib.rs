@@ -364,15 +364,7 @@ impl Worker {
             };
             let span = tracing::info_span!("task", kind = kind.as_str(), import_id = %task.import_id, step = message.seq);
             match &task.work {
-                Work::List { prefix, continuation, delimited, start_at } => {
-                    let at = listing::Position {
-                        prefix,
-                        continuation: continuation.as_deref(),
-                        delimited: *delimited,
-                        start_at: start_at.as_deref(),
-                    };
-                    self.list(&task, at).instrument(span).await
-                }
+                Work::List(at) => self.list(&task, at).instrument(span).await,
                 Work::Copy { items } => self.copy(&task, items).instrument(span).await,
             }
         };

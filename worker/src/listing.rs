@@ -4,7 +4,7 @@
 use backon::{ExponentialBuilder, Retryable};
 use tether_shared::contract::Mode;
 use tether_shared::credentials::CredentialError;
-use tether_shared::db::tasks::{FailureRow, FanOut, PageCommit, TaskContext};
+use tether_shared::db::tasks::{FailureRow, FanOut, ListPosition, PageCommit, TaskContext};
 use tether_shared::db::DbError;
 use tether_shared::storage::{ListPage, ListQuery, StorageError, DELIMITER};
 use tether_shared::task::{TaskKind, TaskMessage};
@@ -13,24 +13,16 @@ use tether_shared::telemetry::metrics;
 
 use crate::{counter, fanout, page, retry_delay, Outcome, Worker, COPY_NOT_CONFIGURED};
 
-/// Where a listing task is: what [`tether_shared::db::tasks::Work::List`] holds.
-pub(crate) struct Position<'a> {
-    pub prefix: &'a str,
-    pub continuation: Option<&'a str>,
-    pub delimited: bool,
-    pub start_at: Option<&'a str>,
-}
-
 impl Worker {
     /// Lists and commits one page of a task.
-    pub(crate) async fn list(&self, task: &TaskContext, at: Position<'_>) -> Result<Outcome, DbError> {
-        let prefix = at.prefix;
+    pub(crate) async fn list(&self, task: &TaskContext, at: &ListPosition) -> Result<Outcome, DbError> {
+        let prefix = at.prefix.as_str();
         let query = ListQuery {
             prefix,
-            token: at.continuation,
+            token: at.continuation.as_deref(),
             max_keys: self.page_size,
             delimiter: at.delimited.then_some(DELIMITER),
-            start_at: at.start_at,
+            start_at: at.start_at.as_deref(),
         };
         if task.request.mode == Mode::Copy && self.copier.is_none() {
             self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED, "unavailable").await?;

@@ -7,13 +7,13 @@
 //! renewed `refresh_margin` before they expire, one call at a time per
 //! account however many pages ask at once.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use gcp_auth::TokenProvider;
 
+use super::slots::Slots;
 use super::CredentialError;
 use crate::contract::Secret;
 use crate::telemetry::metrics;
@@ -32,14 +32,12 @@ struct Cached {
     expires: DateTime<Utc>,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
-
 /// Hands out bearer tokens for Cloud Storage calls.
 pub struct GcpTokens {
     http: reqwest::Client,
     refresh_margin: Duration,
     own: tokio::sync::OnceCell<Arc<dyn TokenProvider>>,
-    impersonated: Mutex<HashMap<String, Slot>>,
+    impersonated: Slots<String, Cached>,
 }
 
 impl std::fmt::Debug for GcpTokens {
@@ -57,12 +55,7 @@ struct GeneratedToken {
 
 impl GcpTokens {
     pub fn new(http: reqwest::Client, refresh_margin: Duration) -> Self {
-        Self {
-            http,
-            refresh_margin,
-            own: tokio::sync::OnceCell::new(),
-            impersonated: Mutex::new(HashMap::new()),
-        }
+        Self { http, refresh_margin, own: tokio::sync::OnceCell::new(), impersonated: Slots::new() }
     }
 
     /// Tether's own identity, found on first use: an installation that never
@@ -87,10 +80,7 @@ impl GcpTokens {
     /// Tether's own when `impersonate` is `None`.
     pub async fn token(&self, impersonate: Option<&str>) -> Result<Secret, CredentialError> {
         let Some(account) = impersonate else { return self.own(STORAGE_SCOPE).await };
-        let slot = {
-            let mut slots = self.impersonated.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            slots.entry(account.to_owned()).or_default().clone()
-        };
+        let slot = self.impersonated.get(&account.to_owned());
         let mut cached = slot.lock().await;
         if let Some(c) = cached.as_ref() {
             let left = (c.expires - Utc::now()).to_std().unwrap_or_default();
@@ -108,11 +98,7 @@ impl GcpTokens {
 
     /// Forgets an impersonated token that Cloud Storage refused before its time.
     pub async fn invalidate(&self, account: &str) {
-        let slot =
-            self.impersonated.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(account).cloned();
-        if let Some(slot) = slot {
-            *slot.lock().await = None;
-        }
+        self.impersonated.invalidate(&account.to_owned()).await;
     }
 
     async fn impersonate(&self, account: &str) -> Result<Cached, CredentialError> {

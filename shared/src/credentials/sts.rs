@@ -6,15 +6,15 @@
 //! clients built on this provider disable it and ask us on every request; a
 //! cache hit is a map lookup.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{self, future, ProvideCredentials};
 use aws_credential_types::Credentials;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 
+use super::slots::Slots;
 use super::CredentialError;
 use crate::telemetry::metrics;
 
@@ -39,8 +39,6 @@ struct Session {
     seconds: i32,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Session>>>;
-
 /// Assumes customer roles and keeps their sessions fresh.
 #[derive(Debug)]
 pub struct StsCredentials {
@@ -48,13 +46,13 @@ pub struct StsCredentials {
     refresh_margin: Duration,
     /// One slot per role: concurrent pages of one import share one
     /// AssumeRole call instead of each making their own.
-    slots: Mutex<HashMap<RoleKey, Slot>>,
+    slots: Slots<RoleKey, Session>,
     refreshes: AtomicU64,
 }
 
 impl StsCredentials {
     pub fn new(client: aws_sdk_sts::Client, refresh_margin: Duration) -> Self {
-        Self { client, refresh_margin, slots: Mutex::new(HashMap::new()), refreshes: AtomicU64::new(0) }
+        Self { client, refresh_margin, slots: Slots::new(), refreshes: AtomicU64::new(0) }
     }
 
     /// How many times a session was obtained or renewed (for tests and metrics).
@@ -62,14 +60,9 @@ impl StsCredentials {
         self.refreshes.load(Ordering::Relaxed)
     }
 
-    fn slot(&self, key: &RoleKey) -> Slot {
-        let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        slots.entry(key.clone()).or_default().clone()
-    }
-
     /// Valid credentials for the role, from the cache or from STS.
     pub async fn credentials(&self, key: &RoleKey) -> Result<Credentials, CredentialError> {
-        let slot = self.slot(key);
+        let slot = self.slots.get(key);
         let mut session = slot.lock().await;
         if let Some(s) = session.as_ref() {
             let left = s.expires.duration_since(SystemTime::now()).unwrap_or_default();
@@ -139,7 +132,7 @@ impl StsCredentials {
     /// Forgets the role's session, so that the next request assumes the role
     /// again (the store refused the session before its time).
     pub async fn invalidate(&self, key: &RoleKey) {
-        *self.slot(key).lock().await = None;
+        self.slots.invalidate(key).await;
     }
 
     /// A credentials provider for SDK clients that reads this cache.

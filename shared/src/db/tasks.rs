@@ -54,12 +54,21 @@ pub struct TaskContext {
     pub sealed_secret: Option<Vec<u8>>,
 }
 
+/// Where a listing task is: the next page of `prefix`, from `continuation`,
+/// with the delimiter if `delimited`, and only keys from `start_at` on.
+#[derive(Debug, Clone)]
+pub struct ListPosition {
+    pub prefix: String,
+    pub continuation: Option<String>,
+    pub delimited: bool,
+    pub start_at: Option<String>,
+}
+
 /// What a task does.
 #[derive(Debug, Clone)]
 pub enum Work {
-    /// List the next page of `prefix`, from `continuation`: with the
-    /// delimiter if `delimited`, and only keys from `start_at` on.
-    List { prefix: String, continuation: Option<String>, delimited: bool, start_at: Option<String> },
+    /// List the next page.
+    List(ListPosition),
     /// Copy these objects.
     Copy { items: Vec<CopyItem> },
 }
@@ -186,12 +195,12 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let request = ImportRequest::from_stored_json(&row.get(4)).map_err(DbError::Corrupt)?;
         let work = match kind {
-            TaskKind::List => Work::List {
+            TaskKind::List => Work::List(ListPosition {
                 prefix: row.get::<_, Option<String>>(1).unwrap_or_default(),
                 continuation: row.get(2),
                 delimited: row.get(6),
                 start_at: row.get(7),
-            },
+            }),
             TaskKind::Copy => {
                 let items: Option<Value> = row.get(3);
                 let items = serde_json::from_value(items.unwrap_or_default())
@@ -260,33 +269,23 @@ impl Store {
             // Dropping the transaction rolls the page back.
             return Ok(PageCommit::OverCap);
         };
-        let next = match (&fan_out.recursive_from, &page.next) {
-            (Some(start_at), _) => {
-                let statement = tx
-                    .prepare_cached(
-                        "UPDATE tether.tasks SET delimited = false, start_at = $2, continuation = NULL,
-                                seq = seq + 1, attempts = 0, published_at = now(), updated_at = now()
-                         WHERE task_id = $1",
-                    )
-                    .await?;
-                tx.execute(&statement, &[&task.message.task_id, start_at]).await?;
-                Some(TaskMessage { task_id: task.message.task_id, seq: task.message.seq + 1 })
-            }
-            (None, Some(token)) => {
-                let statement = tx
-                    .prepare_cached(
-                        "UPDATE tether.tasks SET continuation = $2, seq = seq + 1, attempts = 0,
-                                published_at = now(), updated_at = now()
-                         WHERE task_id = $1",
-                    )
-                    .await?;
-                tx.execute(&statement, &[&task.message.task_id, token]).await?;
-                Some(TaskMessage { task_id: task.message.task_id, seq: task.message.seq + 1 })
-            }
-            (None, None) => {
-                finish_task(&tx, task.message).await?;
-                None
-            }
+        let next = if fan_out.recursive_from.is_some() || page.next.is_some() {
+            // The next page: from the continuation token, or (switching to a
+            // recursive listing) from `start_at` without a token.
+            let statement = tx
+                .prepare_cached(
+                    "UPDATE tether.tasks
+                     SET continuation = CASE WHEN $3::text IS NULL THEN $2 END,
+                         start_at = coalesce($3, start_at), delimited = delimited AND $3::text IS NULL,
+                         seq = seq + 1, attempts = 0, published_at = now(), updated_at = now()
+                     WHERE task_id = $1",
+                )
+                .await?;
+            tx.execute(&statement, &[&task.message.task_id, &page.next, &fan_out.recursive_from]).await?;
+            Some(TaskMessage { task_id: task.message.task_id, seq: task.message.seq + 1 })
+        } else {
+            finish_task(&tx, task.message).await?;
+            None
         };
         tx.commit().await?;
         let copies = copies.into_iter().map(|(message, _)| message).collect();

@@ -49,7 +49,7 @@ impl GcsDestination {
         DestinationError::Write(format!("gs://{}/{key}: {what}", self.bucket))
     }
 
-    async fn expect(
+    fn expect(
         &self,
         key: &str,
         response: reqwest::Response,
@@ -82,7 +82,7 @@ impl GcsDestination {
             )
             .await
             .map_err(|e| self.failed(key, e))?;
-        let start = self.expect(key, start, &[StatusCode::OK, StatusCode::CREATED]).await?;
+        let start = self.expect(key, start, &[StatusCode::OK, StatusCode::CREATED])?;
         let session = start
             .headers()
             .get(LOCATION)
@@ -117,7 +117,7 @@ impl GcsDestination {
                     format!("bytes {offset}-{}/{total}", total - 1)
                 };
                 let response = self.put(key, session, range, part).await?;
-                self.expect(key, response, &[StatusCode::OK, StatusCode::CREATED]).await?;
+                self.expect(key, response, &[StatusCode::OK, StatusCode::CREATED])?;
                 return Ok(());
             }
             // Whole quanta only; the rest waits for the next part.
@@ -125,7 +125,7 @@ impl GcsDestination {
             let part = buffer.split_to(len).freeze();
             let range = format!("bytes {offset}-{}/*", offset + len - 1);
             let response = self.put(key, session, range, part).await?;
-            self.expect(key, response, &[StatusCode::PERMANENT_REDIRECT]).await?;
+            self.expect(key, response, &[StatusCode::PERMANENT_REDIRECT])?;
             offset += len;
         }
     }
@@ -169,7 +169,7 @@ impl Destination for GcsDestination {
                 )
                 .await
                 .map_err(|e| self.failed(&key, e))?;
-            self.expect(&key, response, &[StatusCode::OK, StatusCode::CREATED]).await?;
+            self.expect(&key, response, &[StatusCode::OK, StatusCode::CREATED])?;
         } else {
             self.resumable(&key, BytesMut::from(first), &mut chunks).await?;
         }

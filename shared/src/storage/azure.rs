@@ -9,11 +9,12 @@
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet};
 use reqwest::{Method, Response, StatusCode};
 
 use super::{
     http_body, unreachable, ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource, StorageError,
+    UNRESERVED,
 };
 use crate::contract::{AzureSource, Secret};
 
@@ -22,9 +23,7 @@ pub const DEFAULT_ENDPOINT: &str = "https://{account}.blob.core.windows.net";
 /// The REST API version Tether speaks.
 const API_VERSION: &str = "2021-12-02";
 /// Characters kept as they are in a blob path; `/` stays a separator.
-const PATH: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
-/// Characters kept as they are in a query value.
-const QUERY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const PATH: &AsciiSet = &UNRESERVED.remove(b'/');
 
 /// Builds an [`AzureContainer`] per request.
 #[derive(Debug, Clone)]
@@ -69,11 +68,11 @@ impl ObjectSource for AzureContainer {
             "{}?restype=container&comp=list&include=metadata&maxresults={}&prefix={}",
             self.container_url,
             query.max_keys.clamp(1, 5000),
-            utf8_percent_encode(prefix, QUERY)
+            utf8_percent_encode(prefix, UNRESERVED)
         );
         for (name, value) in [("marker", query.token), ("delimiter", query.delimiter)] {
             if let Some(value) = value {
-                url.push_str(&format!("&{name}={}", utf8_percent_encode(value, QUERY)));
+                url.push_str(&format!("&{name}={}", utf8_percent_encode(value, UNRESERVED)));
             }
         }
         let response = self.call(Method::GET, url, None).await?;

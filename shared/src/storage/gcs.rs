@@ -12,22 +12,21 @@ use std::sync::Arc;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::utf8_percent_encode;
 use reqwest::{RequestBuilder, Response, StatusCode};
 
 use super::{
     http_body, unreachable, ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource, StorageError,
+    UNRESERVED,
 };
 use crate::contract::GcsSource;
 use crate::credentials::gcp::GcpTokens;
 
 const GCS: &str = "https://storage.googleapis.com";
-/// Characters left as they are in a path segment (RFC 3986 unreserved).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// An object name as one URL path segment (`/` included, as `%2F`).
 pub(crate) fn segment(name: &str) -> String {
-    utf8_percent_encode(name, SEGMENT).to_string()
+    utf8_percent_encode(name, UNRESERVED).to_string()
 }
 
 /// The Cloud Storage JSON API: where it is and how calls are authorised.

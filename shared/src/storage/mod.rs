@@ -31,6 +31,11 @@ pub struct ObjectMeta {
     pub last_modified: Option<DateTime<Utc>>,
 }
 
+/// Characters that stay as they are in a URL path segment or query value
+/// (RFC 3986 unreserved); the GCS and Azure modules encode everything else.
+pub(crate) const UNRESERVED: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// The delimiter of delimited listings: keys are rolled up at the first `/`
 /// after the prefix, as a console shows folders.
 pub const DELIMITER: &str = "/";
