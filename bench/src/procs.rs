@@ -81,24 +81,25 @@ fn clock_ticks() -> f64 {
     })
 }
 
+/// The sum of two clock-tick fields of a `/proc/.../stat` file, in seconds;
+/// fields are counted after the command name (which may hold spaces), from
+/// the state at 0.
+fn stat_seconds(path: &str, fields: [usize; 2]) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let values: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.iter().map(|&i| values.get(i)?.parse::<f64>().ok()).sum::<Option<f64>>()?;
+    Some(ticks / clock_ticks())
+}
+
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces: state is field 3.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks())
+    stat_seconds(&format!("/proc/{pid}/stat"), [11, 12])
 }
 
 /// CPU seconds of the children this process has waited for, from
 /// `/proc/self/stat` cutime + cstime: an exited `rclone`'s, as a difference.
 pub(crate) fn children_cpu_seconds() -> f64 {
-    let Some(stat) = std::fs::read_to_string("/proc/self/stat").ok() else { return 0.0 };
-    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    (field(13) + field(14)) / clock_ticks()
+    stat_seconds("/proc/self/stat", [13, 14]).unwrap_or(0.0)
 }
 
 /// CPU seconds of every PostgreSQL process (backends and background
@@ -129,8 +130,8 @@ pub(crate) struct Fleet {
 
 /// What one Tether run cost.
 pub(crate) struct Cost {
-    /// From the request to the final state (the scheduler notices that the
-    /// last task ended on its next tick, `TETHER_SCHEDULER_TICK_SECS`).
+    /// From the request to the final state (the scheduler is woken when the
+    /// last task ends).
     pub seconds: f64,
     /// From the request until every object is accounted for in Postgres
     /// (imported + skipped + failed = the objects expected).
