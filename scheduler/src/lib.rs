@@ -68,7 +68,7 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
     // The first connection must work: a wrong URL is a configuration error.
     let mut connection = link.establish(&config.common.amqp_url, "tether-scheduler").await?;
     if let Some(addr) = config.common.metrics_addr {
-        let ready = Readiness { store: store.clone(), amqp: link.clone() };
+        let ready = Readiness { store: store.clone(), amqp: Some(link.clone()) };
         telemetry::serve(addr, ready, shutdown.clone()).await.map_err(SchedulerError::Metrics)?;
     }
     tracing::info!("Scheduler started.");

@@ -12,6 +12,7 @@
 //!   impersonation) with their caches.
 //! - [`secrets`]: sealing the secrets Tether keeps (SAS tokens) with
 //!   `TETHER_SECRETS_KEY`.
+//! - [`signing`]: signed URLs of S3 and GCS objects (the access API).
 //! - [`task`]: the internal task message the scheduler and workers exchange.
 //! - [`telemetry`]: logging set-up and the metrics every process exposes.
 //! - [`shutdown`]: one cancellation token flipped by SIGTERM / SIGINT.
@@ -24,6 +25,7 @@ pub mod destination;
 pub mod queue;
 pub mod secrets;
 pub mod shutdown;
+pub mod signing;
 pub mod storage;
 pub mod task;
 pub mod telemetry;

@@ -3,19 +3,33 @@
 //! `TETHER_SECRETS_KEY`: AES-256-GCM (ring), a random nonce per secret, and
 //! the import's id as associated data, so that a sealed token copied onto
 //! another import does not open.
+//!
+//! The same key also yields keys for other purposes ([`SecretsKey::derive`]:
+//! HKDF-SHA256, one label per purpose), so that a key used to sign the
+//! access API's proxy URLs tells nothing about the one that seals tokens.
 
 use std::fmt;
 use std::str::FromStr;
 
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::{hkdf, hmac};
 use uuid::Uuid;
 
 use crate::contract::Secret;
 
 /// `TETHER_SECRETS_KEY`: 32 bytes, base64. Its `Debug` shows nothing.
 #[derive(Clone)]
-pub struct SecretsKey(std::sync::Arc<LessSafeKey>);
+pub struct SecretsKey(std::sync::Arc<Keys>);
+
+struct Keys {
+    seal: LessSafeKey,
+    /// The pseudo-random key that [`SecretsKey::derive`] expands.
+    derive: hkdf::Prk,
+}
+
+/// HKDF's salt: fixed, as the input key is already uniformly random.
+const DERIVE_SALT: &[u8] = b"tether secrets key derivation v1";
 
 impl fmt::Debug for SecretsKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -32,7 +46,8 @@ impl FromStr for SecretsKey {
             .map_err(|_| format!("TETHER_SECRETS_KEY is not base64: {FIX}"))?;
         let key = UnboundKey::new(&AES_256_GCM, &bytes)
             .map_err(|_| format!("TETHER_SECRETS_KEY holds {} bytes, not 32: {FIX}", bytes.len()))?;
-        Ok(Self(std::sync::Arc::new(LessSafeKey::new(key))))
+        let derive = hkdf::Salt::new(hkdf::HKDF_SHA256, DERIVE_SALT).extract(&bytes);
+        Ok(Self(std::sync::Arc::new(Keys { seal: LessSafeKey::new(key), derive })))
     }
 }
 
@@ -49,6 +64,7 @@ impl SecretsKey {
         // Sealing fails only for inputs of gigabytes.
         if self
             .0
+            .seal
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(import_id.as_bytes()),
@@ -70,9 +86,21 @@ impl SecretsKey {
         let mut buffer = ciphertext.to_vec();
         let plain = self
             .0
+            .seal
             .open_in_place(nonce, Aad::from(import_id.as_bytes()), &mut buffer)
             .map_err(|_| CannotOpen)?;
         String::from_utf8(plain.to_vec()).map(Secret::new).map_err(|_| CannotOpen)
+    }
+
+    /// An HMAC-SHA256 key for the purpose `label` alone (HKDF-SHA256 with
+    /// `label` as its info): keys of different labels are unrelated.
+    pub fn derive(&self, label: &[u8]) -> hmac::Key {
+        let info = [label];
+        // HMAC_SHA256's output length (32) is far below HKDF's limit (8160).
+        match self.0.derive.expand(&info, hmac::HMAC_SHA256) {
+            Ok(okm) => okm.into(),
+            Err(_) => unreachable!("HKDF-SHA256 can always expand 32 bytes"),
+        }
     }
 }
 
@@ -97,5 +125,10 @@ mod tests {
         assert!(short.contains("not 32") && short.contains("urandom"), "{short}");
         assert!("not base64!".parse::<SecretsKey>().is_err());
         assert_eq!(format!("{key:?}"), "SecretsKey(******)");
+
+        let tag = |k: &SecretsKey, label: &[u8]| hmac::sign(&k.derive(label), b"m").as_ref().to_vec();
+        assert_eq!(tag(&key, b"a"), tag(&key.clone(), b"a"), "derivation is deterministic");
+        assert_ne!(tag(&key, b"a"), tag(&key, b"b"), "one key per label");
+        assert_ne!(tag(&key, b"a"), tag(&other, b"a"), "one key per secrets key");
     }
 }

@@ -61,7 +61,7 @@ impl Copier {
         let attempt = || async {
             attempts.fetch_add(1, Ordering::Relaxed);
             let _slot = self.slots.acquire().await.map_err(|e| DestinationError::Write(e.to_string()))?;
-            let body = source.read(&item.key, item.etag.as_deref()).await?;
+            let body = source.read(&item.key, item.etag.as_deref(), None).await?;
             self.destination.write(&key, size, verified(body, size, url.clone())).await
         };
         let backoff = ExponentialBuilder::default()

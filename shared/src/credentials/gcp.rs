@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use chrono::{DateTime, Utc};
 use gcp_auth::TokenProvider;
 
@@ -94,6 +95,47 @@ impl GcpTokens {
         let token = fresh.token.clone();
         *cached = Some(fresh);
         Ok(token)
+    }
+
+    /// Signs `payload` as the service account `account` (RSA-SHA256 with one
+    /// of its Google-managed keys) through IAM Credentials `signBlob`, with
+    /// Tether's own identity: how V4 URLs are signed for an account whose
+    /// key Tether does not hold. One call per signature, so callers cache.
+    pub async fn sign_blob(&self, account: &str, payload: &[u8]) -> Result<Vec<u8>, CredentialError> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Signed {
+            signed_blob: String,
+        }
+        let own = self.own(CLOUD_PLATFORM_SCOPE).await?;
+        let url = format!("{IAM_CREDENTIALS}/projects/-/serviceAccounts/{account}:signBlob");
+        let engine = base64::engine::general_purpose::STANDARD;
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(own.expose())
+            .json(&serde_json::json!({ "payload": engine.encode(payload) }))
+            .send()
+            .await
+            .map_err(|e| {
+                CredentialError::Unavailable(format!("IAM Credentials could not be reached: {}", e.without_url()))
+            })?;
+        match response.status().as_u16() {
+            200 => {
+                let signed: Signed = response.json().await.map_err(|e| {
+                    CredentialError::Unavailable(format!("IAM Credentials answered unreadably: {}", e.without_url()))
+                })?;
+                engine.decode(signed.signed_blob).map_err(|_| {
+                    CredentialError::Unavailable("IAM Credentials sent a signature that is not base64".into())
+                })
+            }
+            403 | 404 => Err(CredentialError::Refused {
+                sentence: format!(
+                    "Tether may not sign as the service account {account}: check that it exists and that the platform granted Tether's service account roles/iam.serviceAccountTokenCreator on it"
+                ),
+            }),
+            status => Err(CredentialError::Unavailable(format!("IAM Credentials answered {status}"))),
+        }
     }
 
     /// Forgets an impersonated token that Cloud Storage refused before its time.

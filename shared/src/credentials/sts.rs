@@ -44,6 +44,9 @@ struct Session {
 pub struct StsCredentials {
     client: aws_sdk_sts::Client,
     refresh_margin: Duration,
+    /// What AssumeRole asks for first: [`SESSION_SECONDS`] unless the
+    /// operator shortens it.
+    session_seconds: i32,
     /// One slot per role: concurrent pages of one import share one
     /// AssumeRole call instead of each making their own.
     slots: Slots<RoleKey, Session>,
@@ -52,7 +55,20 @@ pub struct StsCredentials {
 
 impl StsCredentials {
     pub fn new(client: aws_sdk_sts::Client, refresh_margin: Duration) -> Self {
-        Self { client, refresh_margin, slots: Slots::new(), refreshes: AtomicU64::new(0) }
+        Self {
+            client,
+            refresh_margin,
+            session_seconds: SESSION_SECONDS,
+            slots: Slots::new(),
+            refreshes: AtomicU64::new(0),
+        }
+    }
+
+    /// Asks STS for sessions of `seconds` instead of six hours (a role whose
+    /// maximum is shorter; tests of what a dying session means).
+    pub fn with_session_seconds(mut self, seconds: i32) -> Self {
+        self.session_seconds = seconds;
+        self
     }
 
     /// How many times a session was obtained or renewed (for tests and metrics).
@@ -60,7 +76,8 @@ impl StsCredentials {
         self.refreshes.load(Ordering::Relaxed)
     }
 
-    /// Valid credentials for the role, from the cache or from STS.
+    /// Valid credentials for the role, from the cache or from STS; they
+    /// carry their expiry, and have more than the refresh margin left.
     pub async fn credentials(&self, key: &RoleKey) -> Result<Credentials, CredentialError> {
         let slot = self.slots.get(key);
         let mut session = slot.lock().await;
@@ -74,7 +91,7 @@ impl StsCredentials {
                 return Ok(s.credentials.clone());
             }
         }
-        let seconds = session.as_ref().map_or(SESSION_SECONDS, |s| s.seconds);
+        let seconds = session.as_ref().map_or(self.session_seconds, |s| s.seconds);
         let fresh = self.assume(key, seconds).await.inspect_err(|_| {
             metrics().credential_refresh_failures.with_label_values(&["s3"]).inc();
         })?;

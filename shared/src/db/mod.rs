@@ -1,8 +1,9 @@
 //! Postgres: the pool, the migrations, and every query Tether runs, grouped by
-//! what they touch ([`imports`], [`tasks`], [`events`]) and, for staff,
-//! [`admin`]. Postgres is the source
+//! what they touch ([`imports`], [`tasks`], [`events`]), for staff
+//! [`admin`], and for the access API [`access`]. Postgres is the source
 //! of truth; RabbitMQ messages only say "look at this row now".
 
+pub mod access;
 pub mod admin;
 pub mod events;
 pub mod imports;
@@ -25,6 +26,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_source_secret", include_str!("../../../migrations/0004_source_secret.sql")),
     ("0005_list_fan_out", include_str!("../../../migrations/0005_list_fan_out.sql")),
     ("0006_task_ended_notify", include_str!("../../../migrations/0006_task_ended_notify.sql")),
+    ("0010_access_credentials", include_str!("../../../migrations/0010_access_credentials.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises schedulers

@@ -9,9 +9,9 @@ use bytes::{Bytes, BytesMut};
 use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use reqwest::StatusCode;
 
-use super::{fill, Destination, DestinationError, Parts};
+use super::{copy_missing, fill, key_under, CopyAt, Destination, DestinationError, Parts};
 use crate::storage::gcs::{segment, GcsApi};
-use crate::storage::ByteChunks;
+use crate::storage::{http_body, ByteChunks, ByteRange, ObjectBody, StorageError};
 
 /// Resumable uploads take parts in multiples of 256 KiB.
 const QUANTUM: usize = 256 * 1024;
@@ -174,5 +174,29 @@ impl Destination for GcsDestination {
             self.resumable(&key, BytesMut::from(first), &mut chunks).await?;
         }
         Ok(format!("gs://{}/{key}", self.bucket))
+    }
+
+    fn locate(&self, stored_url: &str) -> Option<CopyAt> {
+        let key = key_under(stored_url, "gs", &self.bucket, &self.prefix)?;
+        Some(CopyAt::Gcs { bucket: self.bucket.clone(), key })
+    }
+
+    async fn read(&self, stored_url: &str, range: Option<ByteRange>) -> Result<ObjectBody, StorageError> {
+        let Some(CopyAt::Gcs { key, .. }) = self.locate(stored_url) else {
+            return Err(copy_missing(stored_url, "is not inside TETHER_DESTINATION"));
+        };
+        let url = self.api.url(&format!("/storage/v1/b/{}/o/{}", segment(&self.bucket), segment(&key)));
+        let response = self
+            .api
+            .send(
+                || self.api.download(&url, &[], range),
+                None,
+            )
+            .await?;
+        match response.status() {
+            status if status.is_success() => Ok(http_body(response, None, stored_url.to_owned())),
+            StatusCode::NOT_FOUND => Err(copy_missing(stored_url, "is gone")),
+            status => Err(StorageError::Unavailable(format!("reading {stored_url} failed: GCS answered {status}"))),
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! Where copy mode writes (`TETHER_DESTINATION`: `s3://`, `gs://` or
 //! `file://`): the platform's storage,
 //! written with Tether's own identity, never the customer's. One small trait,
-//! one module per kind of destination.
+//! one module per kind of destination. The access API reads copies back
+//! through the same trait, and only from inside the destination: a stored
+//! URL elsewhere (another bucket, a path outside the directory) is refused.
 //!
 //! Destination keys are derived from (workspace, dataset, source URL), never
 //! joined from the source key: a key such as `../../etc/passwd` is data, and
@@ -22,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 pub use self::verify::verified;
 use crate::storage::gcs::GcsApi;
-use crate::storage::{ByteChunks, StorageError};
+use crate::storage::{ByteChunks, ByteRange, ObjectBody, StorageError};
 
 /// Why a copy could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +58,43 @@ impl DestinationError {
     }
 }
 
+/// Where a copy lies, once its stored URL is known to be inside the
+/// destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyAt {
+    S3 { bucket: String, key: String },
+    Gcs { bucket: String, key: String },
+    File(std::path::PathBuf),
+}
+
 /// The platform's storage.
 #[async_trait::async_trait]
 pub trait Destination: Send + Sync + fmt::Debug {
     /// Writes the whole stream at `key`, or nothing at all: a stream that
     /// ends in an error leaves no object behind. Returns the stored URL.
     async fn write(&self, key: &str, size: u64, chunks: ByteChunks) -> Result<String, DestinationError>;
+
+    /// Where the copy at `stored_url` lies, or `None` if that URL is not
+    /// inside this destination.
+    fn locate(&self, stored_url: &str) -> Option<CopyAt>;
+
+    /// Reads (`range` of) the copy at `stored_url`. A copy that is not
+    /// there, or not inside this destination, is
+    /// [`StorageError::ObjectNotFound`].
+    async fn read(&self, stored_url: &str, range: Option<ByteRange>) -> Result<ObjectBody, StorageError>;
+}
+
+/// The key of a stored `scheme://bucket/key` URL inside `bucket` under
+/// `prefix` (empty, or without slashes at its ends), if it lies there.
+fn key_under(stored_url: &str, scheme: &str, bucket: &str, prefix: &str) -> Option<String> {
+    let key = stored_url.strip_prefix(scheme)?.strip_prefix("://")?.strip_prefix(bucket)?.strip_prefix('/')?;
+    let inside = prefix.is_empty() || key.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'));
+    (inside && !key.is_empty()).then(|| key.to_owned())
+}
+
+/// The error of a copy that cannot be read where the row says it is.
+fn copy_missing(stored_url: &str, why: &str) -> StorageError {
+    StorageError::ObjectNotFound(format!("the copy {stored_url} {why}"))
 }
 
 /// How copies are cut into parts, and how many part buffers a worker may
@@ -157,7 +190,19 @@ pub fn object_key(workspace_id: &str, dataset_id: &str, source_url: &str) -> Str
 
 #[cfg(test)]
 mod tests {
-    use super::object_key;
+    use super::{key_under, object_key};
+
+    #[test]
+    fn only_urls_inside_the_destination_are_located() {
+        let at = |url| key_under(url, "s3", "dest", "pre");
+        assert_eq!(at("s3://dest/pre/ws/ds/ab/x.jpg").as_deref(), Some("pre/ws/ds/ab/x.jpg"));
+        assert_eq!(at("s3://dest/prefix/x.jpg"), None, "another prefix");
+        assert_eq!(at("s3://dest2/pre/x.jpg"), None, "another bucket");
+        assert_eq!(at("gs://dest/pre/x.jpg"), None, "another store");
+        assert_eq!(at("s3://dest/pre"), None);
+        assert_eq!(key_under("gs://dest/x", "gs", "dest", "").as_deref(), Some("x"));
+        assert_eq!(key_under("gs://dest/", "gs", "dest", ""), None);
+    }
 
     #[test]
     fn keys_are_derived_and_cannot_escape() {

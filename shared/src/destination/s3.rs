@@ -13,8 +13,9 @@ use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
-use super::{fill, Destination, DestinationError, Parts};
-use crate::storage::ByteChunks;
+use super::{copy_missing, fill, key_under, CopyAt, Destination, DestinationError, Parts};
+use crate::storage::s3::object_body;
+use crate::storage::{ByteChunks, ByteRange, ObjectBody, StorageError};
 
 /// S3's smallest part (all but the last).
 pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
@@ -173,5 +174,29 @@ impl Destination for S3Destination {
             self.multipart(&key, (first, permit), &mut chunks).await?;
         }
         Ok(format!("s3://{}/{key}", self.bucket))
+    }
+
+    fn locate(&self, stored_url: &str) -> Option<CopyAt> {
+        let key = key_under(stored_url, "s3", &self.bucket, &self.prefix)?;
+        Some(CopyAt::S3 { bucket: self.bucket.clone(), key })
+    }
+
+    async fn read(&self, stored_url: &str, range: Option<ByteRange>) -> Result<ObjectBody, StorageError> {
+        let Some(CopyAt::S3 { key, .. }) = self.locate(stored_url) else {
+            return Err(copy_missing(stored_url, "is not inside TETHER_DESTINATION"));
+        };
+        let output = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .set_range(range.map(ByteRange::header))
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error() {
+                Some(error) if error.is_no_such_key() => copy_missing(stored_url, "is gone"),
+                _ => StorageError::Unavailable(format!("reading {stored_url} failed: {}", DisplayErrorContext(e))),
+            })?;
+        Ok(object_body(output, None, stored_url.to_owned()))
     }
 }

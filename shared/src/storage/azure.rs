@@ -13,8 +13,8 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet};
 use reqwest::{Method, Response, StatusCode};
 
 use super::{
-    http_body, unreachable, ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource, StorageError,
-    UNRESERVED,
+    http_body, unreachable, ByteRange, ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource,
+    StorageError, UNRESERVED,
 };
 use crate::contract::{AzureSource, Secret};
 
@@ -75,7 +75,7 @@ impl ObjectSource for AzureContainer {
                 url.push_str(&format!("&{name}={}", utf8_percent_encode(value, UNRESERVED)));
             }
         }
-        let response = self.call(Method::GET, url, None).await?;
+        let response = self.call(Method::GET, url, None, None).await?;
         if !response.status().is_success() {
             return Err(self.refused(response, None).await);
         }
@@ -91,12 +91,17 @@ impl ObjectSource for AzureContainer {
         Ok(page.drop_before(query.start_at))
     }
 
-    async fn read(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {
+    async fn read(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectBody, StorageError> {
         let url = format!("{}/{}", self.container_url, utf8_percent_encode(key, PATH));
-        let response = self.call(Method::GET, url.clone(), etag).await?;
+        let response = self.call(Method::GET, url.clone(), etag, range).await?;
         if response.status() == StatusCode::PRECONDITION_FAILED {
             // A deleted blob also fails If-Match (Azurite): tell the two apart.
-            let now = self.call(Method::HEAD, url, None).await?;
+            let now = self.call(Method::HEAD, url, None, None).await?;
             return Err(self
                 .refused(if now.status() == StatusCode::NOT_FOUND { now } else { response }, Some(key))
                 .await);
@@ -114,18 +119,23 @@ impl ObjectSource for AzureContainer {
 }
 
 impl AzureContainer {
-    /// Calls `url` with the SAS token appended (and `If-Match` when given).
+    /// Calls `url` with the SAS token appended (and `If-Match` and
+    /// `x-ms-range` when given).
     async fn call(
         &self,
         method: Method,
         mut url: String,
         if_match: Option<&str>,
+        range: Option<ByteRange>,
     ) -> Result<Response, StorageError> {
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(self.sas.expose());
         let mut request = self.http.request(method, url).header("x-ms-version", API_VERSION);
         if let Some(etag) = if_match {
             request = request.header("If-Match", format!("\"{etag}\""));
+        }
+        if let Some(range) = range {
+            request = request.header("x-ms-range", range.header());
         }
         request.send().await.map_err(|e| unreachable("Azure", &e))
     }

@@ -16,8 +16,8 @@ use percent_encoding::utf8_percent_encode;
 use reqwest::{RequestBuilder, Response, StatusCode};
 
 use super::{
-    http_body, unreachable, ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource, StorageError,
-    UNRESERVED,
+    http_body, unreachable, ByteRange, ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource,
+    StorageError, UNRESERVED,
 };
 use crate::contract::GcsSource;
 use crate::credentials::gcp::GcpTokens;
@@ -58,6 +58,16 @@ impl GcsApi {
 
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// A media download of the object at `url` (`alt=media` and `query`),
+    /// of `range` only when given.
+    pub(crate) fn download(&self, url: &str, query: &[(&str, &str)], range: Option<ByteRange>) -> RequestBuilder {
+        let request = self.http.get(url).query(&[("alt", "media")]).query(query);
+        match range {
+            Some(range) => request.header(reqwest::header::RANGE, range.header()),
+            None => request,
+        }
     }
 
     /// Sends `request` with a bearer token for `impersonate` (Tether's own
@@ -196,17 +206,19 @@ impl ObjectSource for GcsBucket {
         })
     }
 
-    async fn read(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {
+    async fn read(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectBody, StorageError> {
         let url = self.api.url(&format!("/storage/v1/b/{}/o/{}", segment(&self.bucket), segment(key)));
         let response = self
             .api
             .send(
                 || {
-                    let mut query = vec![("alt", "media")];
-                    if let Some(generation) = etag {
-                        query.push(("ifGenerationMatch", generation));
-                    }
-                    self.api.http().get(&url).query(&query)
+                    let generation = etag.map(|generation| ("ifGenerationMatch", generation));
+                    self.api.download(&url, generation.as_slice(), range)
                 },
                 self.impersonate.as_deref(),
             )

@@ -84,20 +84,51 @@ impl ListPage {
 /// An object's bytes, as they arrive.
 pub type ByteChunks = Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + Send>>;
 
+/// Bytes `first` to `last` (inclusive) of an object: one HTTP `Range`,
+/// already resolved against the object's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub first: u64,
+    pub last: u64,
+}
+
+impl ByteRange {
+    /// The `Range` header value S3, GCS and Azure (`x-ms-range`) all read.
+    pub fn header(self) -> String {
+        format!("bytes={}-{}", self.first, self.last)
+    }
+
+    pub fn len(self) -> u64 {
+        self.last - self.first + 1
+    }
+}
+
 /// An object opened for reading.
 pub struct ObjectBody {
-    /// What the store says the object's size is.
+    /// How many bytes `chunks` holds: the object's size, or the range's.
     pub size: u64,
+    /// The whole object's size, whatever part of it was read.
+    pub total: u64,
     /// The MD5 of the bytes, where the store vouches for one (an S3
-    /// single-part ETag without KMS or customer-key encryption).
+    /// single-part ETag without KMS or customer-key encryption); never for
+    /// a range.
     pub md5: Option<[u8; 16]>,
     pub chunks: ByteChunks,
 }
 
 impl fmt::Debug for ObjectBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ObjectBody").field("size", &self.size).field("md5", &self.md5).finish_non_exhaustive()
+        f.debug_struct("ObjectBody")
+            .field("size", &self.size)
+            .field("total", &self.total)
+            .field("md5", &self.md5)
+            .finish_non_exhaustive()
     }
+}
+
+/// The object's whole size from a `Content-Range: bytes a-b/total` header.
+pub(crate) fn range_total(content_range: Option<&str>) -> Option<u64> {
+    content_range?.rsplit_once('/')?.1.trim().parse().ok()
 }
 
 /// Why a storage call failed, in terms the worker acts on.
@@ -169,9 +200,15 @@ pub trait ObjectSource: Send + Sync + fmt::Debug {
     /// never an empty page.
     async fn list_page(&self, query: ListQuery<'_>) -> Result<ListPage, StorageError>;
 
-    /// Opens an object for reading, only if its ETag is still `etag` (when
-    /// given): a changed object is [`StorageError::Changed`], never a mix.
-    async fn read(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError>;
+    /// Opens an object (or only `range` of it) for reading, only if its
+    /// ETag is still `etag` (when given): a changed object is
+    /// [`StorageError::Changed`], never a mix.
+    async fn read(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectBody, StorageError>;
 }
 
 /// Builds the [`ObjectSource`] for a request's source, with the
@@ -259,6 +296,10 @@ pub(crate) fn unreachable(provider: &str, error: &reqwest::Error) -> StorageErro
 /// the errors of a stream that breaks off.
 pub(crate) fn http_body(response: reqwest::Response, md5: Option<[u8; 16]>, url: String) -> ObjectBody {
     let size = response.content_length().unwrap_or(0);
+    let content_range = response.headers().get(reqwest::header::CONTENT_RANGE);
+    let total = range_total(content_range.and_then(|v| v.to_str().ok())).unwrap_or(size);
+    // The MD5 a store announces is the whole object's.
+    let md5 = md5.filter(|_| total == size);
     let chunks = futures_util::stream::unfold((response, url), |(mut response, url)| async move {
         match response.chunk().await {
             Ok(Some(chunk)) => Some((Ok(chunk), (response, url))),
@@ -274,5 +315,5 @@ pub(crate) fn http_body(response: reqwest::Response, md5: Option<[u8; 16]>, url:
             }
         }
     });
-    ObjectBody { size, md5, chunks: Box::pin(chunks) }
+    ObjectBody { size, total, md5, chunks: Box::pin(chunks) }
 }

@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex};
 
 use aws_sdk_s3::config::{IdentityCache, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::types::{EncodingType, ServerSideEncryption};
 use chrono::DateTime;
 use percent_encoding::percent_decode_str;
 
-use super::{ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource, StorageError};
+use super::{range_total, ByteRange, ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource, StorageError};
 use crate::contract::S3Source;
 use crate::credentials::sts::{RoleKey, StsCredentials};
 
@@ -72,6 +73,14 @@ pub struct S3Bucket {
     role: RoleKey,
 }
 
+impl S3Bucket {
+    /// What signing a URL for this bucket needs: the client (its region and
+    /// endpoint) and the role's session cache.
+    pub(crate) fn parts(&self) -> (&aws_sdk_s3::Client, &str, &StsCredentials, &RoleKey) {
+        (&self.client, &self.bucket, &self.sts, &self.role)
+    }
+}
+
 #[async_trait::async_trait]
 impl ObjectSource for S3Bucket {
     async fn list_page(&self, query: ListQuery<'_>) -> Result<ListPage, StorageError> {
@@ -80,8 +89,13 @@ impl ObjectSource for S3Bucket {
         Ok(page.drop_before(query.start_at))
     }
 
-    async fn read(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {
-        self.renewing(|| self.read_once(key, etag)).await
+    async fn read(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectBody, StorageError> {
+        self.renewing(|| self.read_once(key, etag, range)).await
     }
 }
 
@@ -160,32 +174,46 @@ impl S3Bucket {
         Ok(ListPage { objects, prefixes, next })
     }
 
-    async fn read_once(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {
+    async fn read_once(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectBody, StorageError> {
         let output = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
             .set_if_match(etag.map(|e| format!("\"{e}\"")))
+            .set_range(range.map(ByteRange::header))
             .send()
             .await
             .map_err(|e| self.classify_read(key, e))?;
-        let size = u64::try_from(output.content_length().unwrap_or(0)).unwrap_or(0);
+        let size = output.content_length().unwrap_or(0);
+        let whole = range_total(output.content_range()).is_none_or(|total| i64::try_from(total) == Ok(size));
         // KMS- and customer-key-encrypted objects have ETags that are not MD5s.
         let plain = output.sse_customer_algorithm().is_none()
             && !matches!(
                 output.server_side_encryption(),
                 Some(ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse)
             );
-        let md5 = output.e_tag().filter(|_| plain).and_then(etag_md5);
-        let url = format!("s3://{}/{key}", self.bucket);
-        let chunks = futures_util::stream::unfold((output.body, url), |(mut body, url)| async move {
-            let next = body.next().await?;
-            let item = next.map_err(|e| StorageError::Unavailable(format!("reading {url} broke off: {e}")));
-            Some((item, (body, url)))
-        });
-        Ok(ObjectBody { size, md5, chunks: Box::pin(chunks) })
+        let md5 = output.e_tag().filter(|_| plain && whole).and_then(etag_md5);
+        Ok(object_body(output, md5, format!("s3://{}/{key}", self.bucket)))
     }
+}
+
+/// A GetObject response as an [`ObjectBody`]; `url` names the object in
+/// the errors of a stream that breaks off.
+pub(crate) fn object_body(output: GetObjectOutput, md5: Option<[u8; 16]>, url: String) -> ObjectBody {
+    let size = u64::try_from(output.content_length().unwrap_or(0)).unwrap_or(0);
+    let total = range_total(output.content_range()).unwrap_or(size);
+    let chunks = futures_util::stream::unfold((output.body, url), |(mut body, url)| async move {
+        let next = body.next().await?;
+        let item = next.map_err(|e| StorageError::Unavailable(format!("reading {url} broke off: {e}")));
+        Some((item, (body, url)))
+    });
+    ObjectBody { size, total, md5, chunks: Box::pin(chunks) }
 }
 
 /// An ETag without its surrounding quotes, in place.

@@ -49,6 +49,20 @@ pub struct Metrics {
     pub queue_messages: IntGaugeVec,
     /// Seconds a request took from delivery to acknowledgement (scheduler).
     pub request_duration: Histogram,
+    /// route, status_class (tether-api: 2xx, 3xx, 4xx, 5xx)
+    pub api_requests: IntCounterVec,
+    /// route (tether-api)
+    pub api_request_duration: HistogramVec,
+    /// provider (s3 | gcs | azure | copy-s3 | copy-gs | copy-file), delivery
+    pub api_urls_signed: IntCounterVec,
+    /// delivery, code (not_found | access_denied | not_signable | unavailable)
+    pub api_url_errors: IntCounterVec,
+    /// result (hit | miss): signatures reused within their window
+    pub api_signature_cache: IntCounterVec,
+    /// Proxied streams open now (tether-api).
+    pub api_streams_in_flight: IntGauge,
+    /// provider: bytes proxied to browsers
+    pub api_bytes_streamed: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -93,6 +107,17 @@ impl Metrics {
         .unwrap_or_else(|e| panic!("tether_request_duration_seconds: {e}"));
         r.register(Box::new(requests.clone()))
             .unwrap_or_else(|e| panic!("tether_request_duration_seconds: {e}"));
+        let api_durations = HistogramVec::new(
+            HistogramOpts::new(
+                "tether_api_request_duration_seconds",
+                "Seconds tether-api took to answer, by route (until the headers of a stream).",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0]),
+            &["route"],
+        )
+        .unwrap_or_else(|e| panic!("tether_api_request_duration_seconds: {e}"));
+        r.register(Box::new(api_durations.clone()))
+            .unwrap_or_else(|e| panic!("tether_api_request_duration_seconds: {e}"));
         Self {
             objects_listed: counter(
                 &r,
@@ -185,6 +210,42 @@ impl Metrics {
                 &["queue"],
             ),
             request_duration: requests,
+            api_requests: counter(
+                &r,
+                "tether_api_requests_total",
+                "Requests tether-api answered, by route and status class.",
+                &["route", "status_class"],
+            ),
+            api_request_duration: api_durations,
+            api_urls_signed: counter(
+                &r,
+                "tether_api_urls_signed_total",
+                "URLs handed out, by provider (copy-* for copies) and delivery.",
+                &["provider", "delivery"],
+            ),
+            api_url_errors: counter(
+                &r,
+                "tether_api_url_errors_total",
+                "Image ids answered with an error instead of a URL, by delivery and code.",
+                &["delivery", "code"],
+            ),
+            api_signature_cache: counter(
+                &r,
+                "tether_api_signature_cache_total",
+                "GCS signatures looked up in the window cache, by result (hit, miss).",
+                &["result"],
+            ),
+            api_streams_in_flight: gauge(
+                &r,
+                "tether_api_streams_in_flight",
+                "Proxied content streams open now.",
+            ),
+            api_bytes_streamed: counter(
+                &r,
+                "tether_api_bytes_streamed_total",
+                "Bytes of proxied content sent to clients, by provider.",
+                &["provider"],
+            ),
             registry: r,
         }
     }

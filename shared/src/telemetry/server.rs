@@ -1,6 +1,6 @@
 //! The operators' HTTP endpoints on `TETHER_METRICS_ADDR`: `/metrics`
 //! (Prometheus text), `/healthz` (the process is alive) and `/readyz` (it can
-//! reach Postgres and RabbitMQ right now).
+//! reach Postgres, and RabbitMQ where it uses RabbitMQ, right now).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,16 +15,17 @@ use super::metrics;
 use crate::db::Store;
 use crate::queue::Link;
 
-/// What `/readyz` checks: Postgres answers and the AMQP connection is up.
+/// What `/readyz` checks: Postgres answers and, for a process that uses
+/// RabbitMQ (`amqp` set; not `tether-api`), the AMQP connection is up.
 #[derive(Clone, Debug)]
 pub struct Readiness {
     pub store: Store,
-    pub amqp: Link,
+    pub amqp: Option<Link>,
 }
 
 impl Readiness {
     async fn check(&self) -> Result<(), String> {
-        if !self.amqp.connected() {
+        if self.amqp.as_ref().is_some_and(|link| !link.connected()) {
             return Err("RabbitMQ is not connected".into());
         }
         self.store.ping().await.map_err(|e| e.to_string())
