@@ -364,12 +364,17 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
+/// Whether `s` is a valid `workspace_id` or `dataset_id`: 1-128 characters
+/// of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
+pub fn is_identifier(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 fn identifier<'a>(map: &'a Map<String, Value>, name: &str) -> Check<&'a str> {
     let s = required_str(map, "", name)?;
-    let ok = (1..=128).contains(&s.len())
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
+    if is_identifier(s) {
         Ok(s)
     } else {
         Err(format!(

@@ -118,7 +118,10 @@ impl GcpTokens {
             .send()
             .await
             .map_err(|e| {
-                CredentialError::Unavailable(format!("IAM Credentials could not be reached: {}", e.without_url()))
+                CredentialError::Unavailable(format!(
+                    "IAM Credentials could not be reached: {}",
+                    e.without_url()
+                ))
             })?;
         match response.status().as_u16() {
             200 => {

@@ -42,24 +42,25 @@ pub struct ImportCredentials {
 /// and sealed secret are sent with the first image of each import only.
 const IMAGES_FOR_ACCESS: &str = "
 WITH asked AS (
-    SELECT u.ord, im.image_id, im.dataset_id, im.source_url, im.storage, im.stored_url, im.etag,
+    SELECT u.ord, im.image_id, im.workspace_id, im.dataset_id, im.source_url, im.storage, im.stored_url, im.etag,
            im.size_bytes,
            substring(im.source_url FROM '^s3://[^/]+/|^gs://[^/]+/|^azure://[^/]+/[^/]+/') AS root
     FROM unnest($2::uuid[]) WITH ORDINALITY AS u(id, ord)
-    JOIN tether.images im ON im.image_id = u.id AND im.workspace_id = $1
+    JOIN tether.images im ON im.image_id = u.id AND ($1::text IS NULL OR im.workspace_id = $1)
 ), credentials AS (
-    SELECT r.dataset_id, r.root, c.import_id, c.request, c.source_secret
-    FROM (SELECT DISTINCT dataset_id, root FROM asked WHERE storage = 'link') r
+    SELECT r.workspace_id, r.dataset_id, r.root, c.import_id, c.request, c.source_secret
+    FROM (SELECT DISTINCT workspace_id, dataset_id, root FROM asked WHERE storage = 'link') r
     CROSS JOIN LATERAL (
         SELECT i.import_id, i.request, i.source_secret FROM tether.imports i
-        WHERE i.workspace_id = $1 AND i.dataset_id = r.dataset_id AND i.source_root = r.root
+        WHERE i.workspace_id = r.workspace_id AND i.dataset_id = r.dataset_id AND i.source_root = r.root
           AND i.state <> 'failed'
         ORDER BY i.created_at DESC LIMIT 1
     ) c
 ), joined AS (
     SELECT a.*, c.import_id, c.request, c.source_secret,
            row_number() OVER (PARTITION BY c.import_id ORDER BY a.ord) AS nth
-    FROM asked a LEFT JOIN credentials c ON c.dataset_id = a.dataset_id AND c.root = a.root
+    FROM asked a
+    LEFT JOIN credentials c ON c.workspace_id = a.workspace_id AND c.dataset_id = a.dataset_id AND c.root = a.root
 )
 SELECT image_id, source_url, storage = 'copy' AS copied, stored_url, etag, size_bytes, import_id,
        CASE WHEN nth = 1 THEN request END AS request,
@@ -67,9 +68,14 @@ SELECT image_id, source_url, storage = 'copy' AS copied, stored_url, etag, size_
 FROM joined ORDER BY ord";
 
 impl Store {
-    /// The images of `workspace_id` among `ids`, in the order asked; ids
-    /// that are not that workspace's images are left out.
-    pub async fn images_for_access(&self, workspace_id: &str, ids: &[Uuid]) -> Result<Vec<AccessImage>, DbError> {
+    /// The images among `ids`, in the order asked; with `workspace_id`,
+    /// ids that are not that workspace's images are left out (a content
+    /// URL's signature names one image and needs no workspace).
+    pub async fn images_for_access(
+        &self,
+        workspace_id: Option<&str>,
+        ids: &[Uuid],
+    ) -> Result<Vec<AccessImage>, DbError> {
         let client = self.client().await?;
         let statement = client.prepare_cached(IMAGES_FOR_ACCESS).await?;
         let rows = client.query(&statement, &[&workspace_id, &ids]).await?;

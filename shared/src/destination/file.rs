@@ -67,7 +67,9 @@ impl Destination for FileDestination {
     fn locate(&self, stored_url: &str) -> Option<CopyAt> {
         let path = Path::new(stored_url.strip_prefix("file://")?);
         // Lexically inside; `read` also resolves links before opening.
-        let plain = path.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::RootDir));
+        let plain = path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::RootDir));
         (plain && path.starts_with(&self.root) && path != self.root).then(|| CopyAt::File(path.to_owned()))
     }
 
@@ -85,7 +87,7 @@ impl Destination for FileDestination {
         let mut file = tokio::fs::File::open(&resolved).await.map_err(io)?;
         let total = file.metadata().await.map_err(io)?.len();
         let (first, size) = match range {
-            Some(range) => (range.first, range.len().min(total.saturating_sub(range.first))),
+            Some(range) => (range.first, range.bytes().min(total.saturating_sub(range.first))),
             None => (0, total),
         };
         file.seek(SeekFrom::Start(first)).await.map_err(io)?;
@@ -95,7 +97,10 @@ impl Destination for FileDestination {
             match file.read_buf(&mut buffer).await {
                 Ok(0) => None,
                 Ok(_) => Some((Ok(buffer.freeze()), (file, url))),
-                Err(e) => Some((Err(StorageError::Unavailable(format!("reading {url} broke off: {e}"))), (file, url))),
+                Err(e) => Some((
+                    Err(StorageError::Unavailable(format!("reading {url} broke off: {e}"))),
+                    (file, url),
+                )),
             }
         });
         Ok(ObjectBody { size, total, md5: None, chunks: Box::pin(chunks) })

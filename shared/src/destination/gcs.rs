@@ -186,17 +186,13 @@ impl Destination for GcsDestination {
             return Err(copy_missing(stored_url, "is not inside TETHER_DESTINATION"));
         };
         let url = self.api.url(&format!("/storage/v1/b/{}/o/{}", segment(&self.bucket), segment(&key)));
-        let response = self
-            .api
-            .send(
-                || self.api.download(&url, &[], range),
-                None,
-            )
-            .await?;
+        let response = self.api.send(|| self.api.download(&url, &[], range), None).await?;
         match response.status() {
             status if status.is_success() => Ok(http_body(response, None, stored_url.to_owned())),
             StatusCode::NOT_FOUND => Err(copy_missing(stored_url, "is gone")),
-            status => Err(StorageError::Unavailable(format!("reading {stored_url} failed: GCS answered {status}"))),
+            status => {
+                Err(StorageError::Unavailable(format!("reading {stored_url} failed: GCS answered {status}")))
+            }
         }
     }
 }

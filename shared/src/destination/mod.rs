@@ -87,7 +87,8 @@ pub trait Destination: Send + Sync + fmt::Debug {
 /// The key of a stored `scheme://bucket/key` URL inside `bucket` under
 /// `prefix` (empty, or without slashes at its ends), if it lies there.
 fn key_under(stored_url: &str, scheme: &str, bucket: &str, prefix: &str) -> Option<String> {
-    let key = stored_url.strip_prefix(scheme)?.strip_prefix("://")?.strip_prefix(bucket)?.strip_prefix('/')?;
+    let key =
+        stored_url.strip_prefix(scheme)?.strip_prefix("://")?.strip_prefix(bucket)?.strip_prefix('/')?;
     let inside = prefix.is_empty() || key.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'));
     (inside && !key.is_empty()).then(|| key.to_owned())
 }

@@ -195,7 +195,10 @@ impl Destination for S3Destination {
             .await
             .map_err(|e| match e.as_service_error() {
                 Some(error) if error.is_no_such_key() => copy_missing(stored_url, "is gone"),
-                _ => StorageError::Unavailable(format!("reading {stored_url} failed: {}", DisplayErrorContext(e))),
+                _ => StorageError::Unavailable(format!(
+                    "reading {stored_url} failed: {}",
+                    DisplayErrorContext(e)
+                )),
             })?;
         Ok(object_body(output, None, stored_url.to_owned()))
     }

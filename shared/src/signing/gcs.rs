@@ -52,12 +52,8 @@ impl ServiceAccountKey {
         let file: File = serde_json::from_str(json).map_err(|e| {
             format!("it is not a service-account JSON key with client_email and private_key ({e})")
         })?;
-        let body: String = file
-            .private_key
-            .lines()
-            .filter(|line| !line.starts_with("-----"))
-            .map(str::trim)
-            .collect();
+        let body: String =
+            file.private_key.lines().filter(|line| !line.starts_with("-----")).map(str::trim).collect();
         let der = base64::engine::general_purpose::STANDARD
             .decode(body)
             .map_err(|_| "its private_key is not a PEM block".to_owned())?;
@@ -72,9 +68,9 @@ impl ServiceAccountKey {
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CredentialError> {
         let mut signature = vec![0; self.key.public().modulus_len()];
-        self.key
-            .sign(&RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), message, &mut signature)
-            .map_err(|_| CredentialError::Unavailable("signing with Tether's service-account key failed".into()))?;
+        self.key.sign(&RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), message, &mut signature).map_err(
+            |_| CredentialError::Unavailable("signing with Tether's service-account key failed".into()),
+        )?;
         Ok(signature)
     }
 }
@@ -96,7 +92,11 @@ impl GcsSigning {
 
     /// A signer for `bucket`, as `impersonate` or, when `None`, as Tether.
     pub fn bucket(&self, bucket: &str, impersonate: Option<&str>) -> GcsSigner {
-        GcsSigner { signing: self.clone(), bucket: bucket.to_owned(), impersonate: impersonate.map(str::to_owned) }
+        GcsSigner {
+            signing: self.clone(),
+            bucket: bucket.to_owned(),
+            impersonate: impersonate.map(str::to_owned),
+        }
     }
 }
 
@@ -130,7 +130,11 @@ impl Signer for GcsSigner {
             None => self.signing.tokens.sign_blob(email, to_sign.as_bytes()).await?,
         };
         Ok(SignedUrl {
-            url: Secret::new(format!("{base}{}?{query}&X-Goog-Signature={}", request.path(), hex(&signature))),
+            url: Secret::new(format!(
+                "{base}{}?{query}&X-Goog-Signature={}",
+                request.path(),
+                hex(&signature)
+            )),
             expires_at: validity.expires_at,
         })
     }
@@ -209,7 +213,10 @@ mod tests {
              &X-Goog-Date=20261128T100500Z&X-Goog-Expires=1200&X-Goog-SignedHeaders=host"
         );
         let lines: Vec<&str> = to_sign.lines().collect();
-        assert_eq!(lines[..3], ["GOOG4-RSA-SHA256", "20261128T100500Z", "20261128/auto/storage/goog4_request"]);
+        assert_eq!(
+            lines[..3],
+            ["GOOG4-RSA-SHA256", "20261128T100500Z", "20261128/auto/storage/goog4_request"]
+        );
         assert_eq!(lines[3].len(), 64, "the hex SHA-256 of the canonical request");
     }
 

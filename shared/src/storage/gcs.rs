@@ -62,7 +62,12 @@ impl GcsApi {
 
     /// A media download of the object at `url` (`alt=media` and `query`),
     /// of `range` only when given.
-    pub(crate) fn download(&self, url: &str, query: &[(&str, &str)], range: Option<ByteRange>) -> RequestBuilder {
+    pub(crate) fn download(
+        &self,
+        url: &str,
+        query: &[(&str, &str)],
+        range: Option<ByteRange>,
+    ) -> RequestBuilder {
         let request = self.http.get(url).query(&[("alt", "media")]).query(query);
         match range {
             Some(range) => request.header(reqwest::header::RANGE, range.header()),

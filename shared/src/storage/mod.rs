@@ -98,7 +98,8 @@ impl ByteRange {
         format!("bytes={}-{}", self.first, self.last)
     }
 
-    pub fn len(self) -> u64 {
+    /// How many bytes the range holds (never none: `first <= last`).
+    pub fn bytes(self) -> u64 {
         self.last - self.first + 1
     }
 }
@@ -230,6 +231,11 @@ impl Sources {
         secrets: Option<SecretsKey>,
     ) -> Self {
         Self { s3, gcs, azure, secrets }
+    }
+
+    /// The S3 side, whose buckets also sign URLs with the customer's session.
+    pub fn s3(&self) -> &s3::S3Sources {
+        &self.s3
     }
 
     /// Opens the source of the import `import_id`; `sealed_secret` is what

@@ -11,7 +11,9 @@ use aws_sdk_s3::types::{EncodingType, ServerSideEncryption};
 use chrono::DateTime;
 use percent_encoding::percent_decode_str;
 
-use super::{range_total, ByteRange, ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource, StorageError};
+use super::{
+    range_total, ByteRange, ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource, StorageError,
+};
 use crate::contract::S3Source;
 use crate::credentials::sts::{RoleKey, StsCredentials};
 
