@@ -388,3 +388,300 @@ async fn tether_api_refuses_to_start_without_what_it_needs() {
         );
     }
 }
+
+/// A service-account key made for this test by openssl: the JSON file
+/// tether-api reads, and the public half that verifies its signatures.
+struct TestKey {
+    json: std::path::PathBuf,
+    public: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl TestKey {
+    fn new(env: &TestEnv) -> Self {
+        let dir = std::env::temp_dir().join(format!("tether-gcs-key-{}", env.id));
+        std::fs::create_dir_all(&dir).expect("key directory");
+        let openssl = |args: &[&str]| {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .status()
+                .expect("openssl runs");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "key.pem"]);
+        openssl(&["pkey", "-in", "key.pem", "-pubout", "-out", "public.pem"]);
+        let pem = std::fs::read_to_string(dir.join("key.pem")).expect("key.pem");
+        let json = json!({
+            "type": "service_account", "project_id": "tether-test", "private_key_id": "test",
+            "private_key": pem, "client_email": "tether@tether-test.iam.gserviceaccount.com",
+            "token_uri": "http://127.0.0.1:1/token",
+        });
+        std::fs::write(dir.join("key.json"), json.to_string()).expect("key.json");
+        Self { json: dir.join("key.json"), public: dir.join("public.pem"), dir }
+    }
+
+    /// Checks a V4 signed URL the way GCS does: rebuilds the canonical
+    /// request and string-to-sign from the URL alone (Google's V4 process,
+    /// written again here), and verifies the signature with the public key.
+    fn verify(&self, url: &str) {
+        let parsed = reqwest::Url::parse(url).expect("a URL");
+        let p = params(url);
+        assert_eq!(p["X-Goog-Algorithm"], "GOOG4-RSA-SHA256");
+        assert_eq!(p["X-Goog-SignedHeaders"], "host");
+        let host = match parsed.port() {
+            Some(port) => format!("{}:{port}", parsed.host_str().expect("host")),
+            None => parsed.host_str().expect("host").to_owned(),
+        };
+        const UNRESERVED: &percent_encoding::AsciiSet =
+            &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+        let query: Vec<String> = p
+            .iter()
+            .filter(|(k, _)| *k != "X-Goog-Signature")
+            .map(|(k, v)| format!("{k}={}", percent_encoding::utf8_percent_encode(v, UNRESERVED)))
+            .collect();
+        let canonical =
+            format!("GET\n{}\n{}\nhost:{host}\n\nhost\nUNSIGNED-PAYLOAD", parsed.path(), query.join("&"));
+        let digest = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+        let scope = p["X-Goog-Credential"].split_once('/').expect("email/scope").1;
+        let to_sign = format!("GOOG4-RSA-SHA256\n{}\n{scope}\n{}", p["X-Goog-Date"], hex(digest.as_ref()));
+        let signature: Vec<u8> = (0..p["X-Goog-Signature"].len() / 2)
+            .map(|i| u8::from_str_radix(&p["X-Goog-Signature"][2 * i..2 * i + 2], 16).expect("hex"))
+            .collect();
+        std::fs::write(self.dir.join("signed.txt"), to_sign).expect("write");
+        std::fs::write(self.dir.join("signature.bin"), signature).expect("write");
+        let verified = std::process::Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(&self.public)
+            .args(["-signature", "signature.bin", "signed.txt"])
+            .current_dir(&self.dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            verified.status.success(),
+            "the signature of {url} does not verify: {}",
+            String::from_utf8_lossy(&verified.stdout)
+        );
+    }
+}
+
+impl Drop for TestKey {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gcs_links_and_copies_are_signed_verifiably() {
+    let env = TestEnv::new().await;
+    let key = TestKey::new(&env);
+    let source = env.bucket(tether_tests::stores::Provider::Gcs).await;
+    source.put("g/one photo.jpg", b"gcs bytes one").await;
+    source.put("g/two.png", b"gcs bytes two").await;
+    env.put("s/copied.jpg", b"copied to gcs").await;
+    let platform = format!("tether-p-{}", env.id);
+    let created = reqwest::Client::new()
+        .post(format!("{}/storage/v1/b", tether_tests::service_var("STORAGE_EMULATOR_HOST")))
+        .json(&json!({ "name": platform }))
+        .send()
+        .await
+        .expect("fake-gcs-server answers");
+    assert!(created.status().is_success(), "create the platform's GCS bucket");
+    let destination = format!("gs://{platform}/copies");
+    let mut scheduler = env.scheduler_config();
+    scheduler.gcs_allow_own_identity = true;
+    let mut worker = env.worker_config();
+    worker.destination = Some(destination.clone());
+    let fleet = env.start(vec![scheduler], vec![worker]).await;
+    // A link import on Tether's own identity (no impersonated account).
+    let mut link = source.request(&env, "gcs-links", &["g/"]);
+    link["source"].as_object_mut().expect("source").remove("impersonate_service_account");
+    let mut copy = env.request("gcs-copies", &["s/"]);
+    copy["mode"] = json!("copy");
+    for request in [&link, &copy] {
+        let status = env.wait_final(env.submit(request).await).await;
+        assert_eq!(status["state"], "succeeded", "{status}");
+    }
+    fleet.stop().await;
+
+    let api = env
+        .spawn_api(&[
+            ("GOOGLE_APPLICATION_CREDENTIALS", key.json.display().to_string()),
+            ("TETHER_DESTINATION", destination),
+        ])
+        .await;
+    let links = env.image_ids("gcs-links").await;
+    let one = links[&source.url("g/one photo.jpg")];
+    let two = links[&source.url("g/two.png")];
+    let copied = env.image_ids("gcs-copies").await[&format!("s3://{}/s/copied.jpg", env.bucket)];
+    let answer = api.sign("ws-test", &[one, two, copied], "direct", 600).await;
+    assert_eq!(answer["errors"], json!([]), "{answer}");
+    let urls: Vec<&str> =
+        answer["urls"].as_array().expect("urls").iter().map(|u| u["url"].as_str().expect("url")).collect();
+    for url in &urls {
+        key.verify(url);
+        let p = params(url);
+        assert!(p["X-Goog-Credential"].starts_with("tether@tether-test.iam.gserviceaccount.com/"), "{url}");
+        let signed = chrono::NaiveDateTime::parse_from_str(&p["X-Goog-Date"], "%Y%m%dT%H%M%SZ")
+            .expect("date")
+            .and_utc();
+        assert_eq!(signed.timestamp() % 300, 0, "signed as of the window's start");
+    }
+    assert!(urls[0].contains(&format!("/{}/g/one%20photo.jpg?", source.name)), "{}", urls[0]);
+    assert!(
+        urls[2].contains(&format!("/{platform}/copies/")),
+        "a copy is signed for the destination: {}",
+        urls[2]
+    );
+    // The emulator serves path-style URLs to the Host of GCS only; it checks
+    // no signature, so this shows the URL names the right object.
+    for (url, body) in urls.iter().zip([&b"gcs bytes one"[..], b"gcs bytes two", b"copied to gcs"]) {
+        let fetched =
+            api.http.get(*url).header("host", "storage.googleapis.com").send().await.expect("emulator");
+        assert_eq!(fetched.status(), 200, "{url}");
+        assert_eq!(fetched.bytes().await.expect("body").as_ref(), body);
+    }
+    // Signatures are kept for their window: the same URLs again.
+    assert_eq!(api.sign("ws-test", &[one, two, copied], "direct", 600).await, answer);
+    // A longer life is a new signature.
+    let longer = Api::only_url(&api.sign("ws-test", &[one], "direct", 900).await);
+    assert_ne!(longer, urls[0]);
+    key.verify(&longer);
+
+    // Proxy: the link with its generation as ETag, and the copy.
+    let proxy = api.sign("ws-test", &[one, copied], "proxy", 60).await;
+    let proxied: Vec<&str> =
+        proxy["urls"].as_array().expect("urls").iter().map(|u| u["url"].as_str().expect("url")).collect();
+    let got = api.http.get(proxied[0]).header("range", "bytes=4-8").send().await.expect("content");
+    assert_eq!(got.status(), 206);
+    assert_eq!(got.headers()["content-range"], "bytes 4-8/13");
+    assert_eq!(got.bytes().await.expect("body").as_ref(), b"bytes");
+    let got = api.http.get(proxied[1]).send().await.expect("content");
+    assert_eq!(got.bytes().await.expect("body").as_ref(), b"copied to gcs");
+    // A new generation of the object is a changed source.
+    source.put("g/one photo.jpg", b"replaced").await;
+    let gone = api.http.get(proxied[0]).send().await.expect("content");
+    assert_eq!(gone.status(), 410);
+    assert_eq!(gone.json::<Value>().await.expect("error")["error"]["code"], "source_changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn azure_links_and_file_copies_are_proxied_only_and_streams_are_bounded() {
+    let env = TestEnv::new().await;
+    let container = env.bucket(tether_tests::stores::Provider::Azure).await;
+    let big: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    container.put("z/small.webp", b"azure bytes").await;
+    container.put("z/big.jpg", &big).await;
+    let dir = env.destination_dir();
+    let destination = format!("file://{}", dir.display());
+    let mut worker = env.worker_config();
+    worker.destination = Some(destination.clone());
+    let fleet = env.start(vec![env.scheduler_config()], vec![worker]).await;
+    let link = container.request(&env, "azure-links", &["z/"]);
+    let mut copy = container.request(&env, "azure-copies", &["z/"]);
+    copy["mode"] = json!("copy");
+    for request in [&link, &copy] {
+        let status = env.wait_final(env.submit(request).await).await;
+        assert_eq!(status["state"], "succeeded", "{status}");
+    }
+    fleet.stop().await;
+    let api =
+        env.spawn_api(&[("TETHER_DESTINATION", destination), ("TETHER_API_MAX_STREAMS", "1".into())]).await;
+    let links = env.image_ids("azure-links").await;
+    let copies = env.image_ids("azure-copies").await;
+    let small = links[&container.url("z/small.webp")];
+    let big_link = links[&container.url("z/big.jpg")];
+    let small_copy = copies[&container.url("z/small.webp")];
+
+    // Direct: never for Azure links (the SAS stays secret) nor file copies.
+    let direct = api.sign("ws-test", &[small, small_copy], "direct", 60).await;
+    assert_eq!(direct["urls"], json!([]));
+    for error in direct["errors"].as_array().expect("errors") {
+        assert_eq!(error["code"], "not_signable", "{direct}");
+        assert!(error["message"].as_str().unwrap_or_default().contains("proxy"), "{direct}");
+    }
+    // Proxy: both served.
+    let proxy = api.sign("ws-test", &[small, small_copy, big_link], "proxy", 60).await;
+    let proxied: Vec<String> = proxy["urls"]
+        .as_array()
+        .expect("urls")
+        .iter()
+        .map(|u| u["url"].as_str().expect("url").to_owned())
+        .collect();
+    for url in &proxied[..2] {
+        let got = api.http.get(url).send().await.expect("content");
+        assert_eq!(got.status(), 200, "{url}");
+        assert_eq!(got.headers()["content-type"], "image/webp");
+        assert_eq!(got.bytes().await.expect("body").as_ref(), b"azure bytes");
+    }
+    let part = api.http.get(&proxied[0]).header("range", "bytes=0-4").send().await.expect("range");
+    assert_eq!(
+        (part.status(), part.bytes().await.expect("body").to_vec()),
+        (StatusCode::PARTIAL_CONTENT, b"azure".to_vec())
+    );
+
+    // One stream at a time: a client that does not read holds its stream
+    // (and only its own); once it goes away, the next is served.
+    let holder = api.http.get(&proxied[2]).send().await.expect("headers");
+    assert_eq!(holder.status(), 200);
+    assert_eq!(holder.headers()["content-length"], big.len().to_string());
+    let busy = api.http.get(&proxied[0]).send().await.expect("answer");
+    assert_eq!(busy.status(), 503);
+    assert_eq!(busy.json::<Value>().await.expect("error")["error"]["code"], "unavailable");
+    drop(holder);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let next = api.http.get(&proxied[2]).send().await.expect("answer");
+        if next.status() == 200 {
+            let body = next.bytes().await.expect("the whole body");
+            assert!(body.as_ref() == big.as_slice(), "16 MiB streamed intact");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the vanished client's stream was never released");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // file:// copies are read only inside the destination directory.
+    let outside = std::env::temp_dir().join(format!("tether-outside-{}", env.id));
+    std::fs::write(&outside, b"not a copy").expect("write");
+    let link_inside = dir.join("link-to-outside.webp");
+    std::os::unix::fs::symlink(&outside, &link_inside).expect("symlink");
+    for stored in [
+        format!("file://{}", outside.display()),
+        format!("file://{}/../{}", dir.display(), outside.file_name().expect("name").to_string_lossy()),
+        format!("file://{}", link_inside.display()),
+    ] {
+        env.execute(
+            &format!("UPDATE tether.images SET stored_url = '{stored}' WHERE image_id = $1"),
+            &small_copy,
+        )
+        .await;
+        let refused = api.http.get(&proxied[1]).send().await.expect("answer");
+        assert_eq!(refused.status(), 410, "{stored}");
+        assert_eq!(
+            refused.json::<Value>().await.expect("error")["error"]["code"],
+            "copy_missing",
+            "{stored}"
+        );
+    }
+    let _ = std::fs::remove_file(&outside);
+
+    // The source changed, then vanished: 410 each time.
+    container.put("z/small.webp", b"new azure bytes").await;
+    let changed = api.http.get(&proxied[0]).send().await.expect("answer");
+    assert_eq!(
+        (changed.status(), changed.json::<Value>().await.expect("error")["error"]["code"].clone()),
+        (StatusCode::GONE, json!("source_changed"))
+    );
+    container.delete("z/small.webp").await;
+    let missing = api.http.get(&proxied[0]).send().await.expect("answer");
+    assert_eq!(
+        (missing.status(), missing.json::<Value>().await.expect("error")["error"]["code"].clone()),
+        (StatusCode::GONE, json!("source_missing"))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
