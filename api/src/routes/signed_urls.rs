@@ -52,9 +52,9 @@ pub(crate) struct SignedUrlsRequest {
     #[schema(min_items = 1, max_items = 1000)]
     image_ids: Vec<Uuid>,
     /// How long the URLs must last at least.
-    #[schema(minimum = 60, maximum = 43200, default = 900)]
+    #[schema(minimum = 60, maximum = 43200, default = 900, nullable = false)]
     expires_in_seconds: Option<u32>,
-    #[schema(default = "direct")]
+    #[schema(default = "direct", nullable = false)]
     delivery: Option<Delivery>,
 }
 
