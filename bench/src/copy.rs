@@ -76,5 +76,6 @@ async fn rclone(
         seconds_persisted: seconds,
         cpu_seconds: children_cpu_seconds() - cpu_before,
         peak_rss_mib: vec![("rclone".into(), peak)],
+        p99_ms: None,
     }
 }

@@ -118,5 +118,6 @@ async fn rclone_lsf(stores: &Stores, provider: Provider, tree: Tree) -> Measurem
         seconds_persisted: seconds,
         cpu_seconds,
         peak_rss_mib: vec![("rclone".into(), peak)],
+        p99_ms: None,
     }
 }

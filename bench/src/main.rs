@@ -11,13 +11,16 @@
 //! - `link`: link imports of each tree by the real release binaries (one
 //!   `tether-scheduler`, two `tether-worker`s) against `rclone lsf -R`.
 //! - `copy`: copy imports between two moto buckets against `rclone copy`.
+//! - `api`: the access API's signing and proxy against the bare SDK
+//!   presigner and a direct GET ([`api`]).
 //!
 //! Each Tether figure: wall time from request to final state, objects/s and
 //! MB/s, CPU seconds of the three Tether processes plus every PostgreSQL
 //! process (utime + stime, the difference over the run), CPU µs per object,
-//! and each process's peak RSS. `tether-bench [link] [copy]` runs the named
-//! ones (default: both).
+//! and each process's peak RSS. `tether-bench [link] [copy] [api]` runs the named
+//! ones (default: all).
 
+mod api;
 mod copy;
 mod link;
 mod procs;
@@ -46,6 +49,8 @@ pub(crate) struct Measurement {
     /// Tether: its processes plus PostgreSQL; rclone: rclone.
     pub cpu_seconds: f64,
     pub peak_rss_mib: Vec<(String, f64)>,
+    /// The 99th percentile of a request's latency, where requests are timed.
+    pub p99_ms: Option<f64>,
 }
 
 impl Measurement {
@@ -60,6 +65,7 @@ impl Measurement {
             seconds_persisted: cost.seconds_persisted,
             cpu_seconds: cost.cpu_seconds,
             peak_rss_mib: cost.peak_rss_mib,
+            p99_ms: None,
         }
     }
 
@@ -88,6 +94,7 @@ impl Measurement {
             "megabytes_per_second": self.megabytes_per_second(),
             "cpu_seconds": self.cpu_seconds, "cpu_us_per_object": self.cpu_us_per_object(),
             "peak_rss_mib": self.peak_rss_mib.iter().map(|(p, m)| json!({p: m})).collect::<Vec<_>>(),
+            "p99_ms": self.p99_ms,
         })
     }
 }
@@ -115,6 +122,9 @@ fn main() {
         }
         if wanted("copy") {
             measurements.extend(copy::run(&env, &stores).await);
+        }
+        if wanted("api") {
+            measurements.extend(api::run(&env).await);
         }
         measurements
     });
@@ -199,6 +209,25 @@ fn report(measurements: &[Measurement]) -> Value {
     let worker_peak =
         measurements.iter().filter(|m| m.tool == "tether").map(|m| m.peak_rss("worker")).fold(0.0, f64::max);
     target("worker peak RSS in all runs, MiB".into(), worker_peak, "<= 150", worker_peak <= 150.0);
+    let tool = |run: &str, tool: &str| measurements.iter().find(|m| m.run == run && m.tool == tool);
+    if let (Some(api), Some(bare)) =
+        (tool("api sign 1000 ids", "tether-api"), tool("api sign 1000 ids", "aws-sdk presign"))
+    {
+        let ratio = api.objects_per_second() / bare.objects_per_second();
+        target("api: signed URLs/s, tether-api / bare SDK presigner".into(), ratio, ">= 0.5", ratio >= 0.5);
+        let p99 = api.p99_ms.unwrap_or(f64::INFINITY);
+        target("api: p99 of a 1000-id request, ms".into(), p99, "<= 50", p99 <= 50.0);
+    }
+    if let (Some(api), Some(direct)) =
+        (tool("api proxy 100 MiB", "tether-api"), tool("api proxy 100 MiB", "direct GET"))
+    {
+        let ratio = direct.seconds / api.seconds;
+        target("api: proxied MB/s / direct GET MB/s (100 MiB)".into(), ratio, ">= 0.8", ratio >= 0.8);
+    }
+    if let Some(streams) = tool("api proxy 20 x 100 MiB", "tether-api") {
+        let rss = streams.peak_rss("api");
+        target("api: tether-api peak RSS, 20 streams at once, MiB".into(), rss, "<= 100", rss <= 100.0);
+    }
     if let (Some(big), Some(small)) = (find("s3", "link flat", true), find("s3", "link flat-10k", true)) {
         let growth = big.peak_rss("worker") / small.peak_rss("worker");
         target("worker peak RSS, 100,000 / 10,000 flat objects".into(), growth, "<= 1.10", growth <= 1.10);

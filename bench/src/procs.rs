@@ -116,8 +116,13 @@ pub(crate) fn postgres_cpu_seconds() -> f64 {
         .sum()
 }
 
+/// utime + stime of this process (a loop it runs itself), in seconds.
+pub(crate) fn own_cpu_seconds() -> f64 {
+    stat_seconds("/proc/self/stat", [11, 12]).unwrap_or(0.0)
+}
+
 /// The release binaries sit beside this one (`target/release/`).
-fn release_bin(name: &str) -> PathBuf {
+pub(crate) fn release_bin(name: &str) -> PathBuf {
     let me = std::env::current_exe().expect("the benchmark's own path");
     me.parent().map(|dir| dir.join(name)).unwrap_or_else(|| PathBuf::from(name))
 }

@@ -246,7 +246,8 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str, problems: &mut Ve
         Value::Array(_) => "array",
         Value::Object(_) => "object",
     };
-    if !types.is_empty() && !types.contains(&kind) && !(kind == "integer" && types.contains(&"number")) {
+    let fits = types.is_empty() || types.contains(&kind) || (kind == "integer" && types.contains(&"number"));
+    if !fits {
         problems.push(format!("{at}: {kind}, the document says {types:?}"));
         return;
     }
