@@ -112,13 +112,7 @@ pub async fn serve(
     let store = Store::connect(&config.database_url, config.db_pool_size)?;
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
     let refresh_margin = Duration::from_secs(config.sts_refresh_margin_secs);
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(60))
-        // A redirect would carry an Azure URL, SAS token included, elsewhere.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| ApiError::Http(e.without_url().to_string()))?;
+    let http = tether_shared::storage::http_client(Duration::from_secs(60)).map_err(ApiError::Http)?;
     let gcp_tokens = Arc::new(GcpTokens::new(http.clone(), refresh_margin));
     let gcs = GcsApi::new(http.clone(), config.storage_emulator_host.as_deref(), Arc::clone(&gcp_tokens));
     let destination = match &config.destination {

@@ -140,9 +140,21 @@ impl Api {
         request.send().await.expect("tether-api answers")
     }
 
+    /// The URLs of an answer, in its order.
+    pub fn urls(answer: &Value) -> Vec<String> {
+        let urls = answer["urls"].as_array().unwrap_or_else(|| panic!("no urls in {answer}"));
+        urls.iter().map(|u| u["url"].as_str().expect("a url").to_owned()).collect()
+    }
+
     /// The one URL of a one-id answer.
     pub fn only_url(answer: &Value) -> String {
         assert_eq!(answer["errors"], json!([]), "{answer}");
         answer["urls"][0]["url"].as_str().expect("a url").to_owned()
     }
+}
+
+/// The body of a GET of `url` (the metrics, say), as text.
+pub async fn text(url: &str) -> String {
+    let response = reqwest::get(url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    response.text().await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }

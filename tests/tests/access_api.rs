@@ -33,6 +33,16 @@ fn expires_at(entry: &Value) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text).expect("RFC 3339").to_utc()
 }
 
+/// A test's environment with its S3 images imported (see [`s3_images`]),
+/// and the `s3://` destination of their copies.
+async fn s3_env() -> (TestEnv, String, String) {
+    let env = TestEnv::new().await;
+    let dest = env.destination_bucket().await;
+    let destination = format!("s3://{dest}/copies");
+    s3_images(&env, &destination).await;
+    (env, dest, destination)
+}
+
 /// Imports `keys` of the test's S3 bucket as links into `dataset`, and a
 /// copy into `copies`, with the workers writing copies to `destination`.
 async fn s3_images(env: &TestEnv, destination: &str) {
@@ -62,10 +72,7 @@ async fn s3_images(env: &TestEnv, destination: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_links_and_copies_direct_and_proxied() {
-    let env = TestEnv::new().await;
-    let dest = env.destination_bucket().await;
-    let destination = format!("s3://{dest}/copies");
-    s3_images(&env, &destination).await;
+    let (env, dest, destination) = s3_env().await;
     let api = env.spawn_api(&[("TETHER_DESTINATION", destination.clone())]).await;
     let links = env.image_ids("links").await;
     let copies = env.image_ids("copies").await;
@@ -114,12 +121,7 @@ async fn s3_links_and_copies_direct_and_proxied() {
 
     // Proxy: tether-api's own URLs.
     let proxy = api.sign("ws-a", &[a, page, a_copy], "proxy", 60).await;
-    let proxied: Vec<String> = proxy["urls"]
-        .as_array()
-        .expect("urls")
-        .iter()
-        .map(|u| u["url"].as_str().expect("url").to_owned())
-        .collect();
+    let proxied = Api::urls(&proxy);
     assert!(proxied[0].starts_with(&format!("{}/v1/content/{a}?expires=", api.base)), "{}", proxied[0]);
     assert_eq!(
         api.sign("ws-a", &[a, page, a_copy], "proxy", 60).await,
@@ -251,9 +253,7 @@ async fn s3_links_and_copies_direct_and_proxied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tokens_and_workspaces_scope_every_answer() {
-    let env = TestEnv::new().await;
-    let dest = env.destination_bucket().await;
-    s3_images(&env, &format!("s3://{dest}/copies")).await;
+    let (env, _, _) = s3_env().await;
     let api = env.spawn_api(&[]).await;
     let a = env.image_ids("links").await[&format!("s3://{}/p/a.jpg", env.bucket)];
     let body = json!({ "image_ids": [a] }).to_string();
@@ -307,9 +307,7 @@ async fn tokens_and_workspaces_scope_every_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_short_session_caps_direct_urls() {
-    let env = TestEnv::new().await;
-    let dest = env.destination_bucket().await;
-    s3_images(&env, &format!("s3://{dest}/copies")).await;
+    let (env, _, _) = s3_env().await;
     // Sessions of 1,000 s, renewed 900 s before they end: a URL asked for
     // 900 s (up to 1,200 s with the window) must end with its session.
     let api = env
@@ -520,8 +518,7 @@ async fn gcs_links_and_copies_are_signed_verifiably() {
     let copied = env.image_ids("gcs-copies").await[&format!("s3://{}/s/copied.jpg", env.bucket)];
     let answer = api.sign("ws-test", &[one, two, copied], "direct", 600).await;
     assert_eq!(answer["errors"], json!([]), "{answer}");
-    let urls: Vec<&str> =
-        answer["urls"].as_array().expect("urls").iter().map(|u| u["url"].as_str().expect("url")).collect();
+    let urls = Api::urls(&answer);
     for url in &urls {
         key.verify(url);
         let p = params(url);
@@ -540,8 +537,13 @@ async fn gcs_links_and_copies_are_signed_verifiably() {
     // The emulator serves path-style URLs to the Host of GCS only; it checks
     // no signature, so this shows the URL names the right object.
     for (url, body) in urls.iter().zip([&b"gcs bytes one"[..], b"gcs bytes two", b"copied to gcs"]) {
-        let fetched =
-            api.http.get(*url).header("host", "storage.googleapis.com").send().await.expect("emulator");
+        let fetched = api
+            .http
+            .get(url.as_str())
+            .header("host", "storage.googleapis.com")
+            .send()
+            .await
+            .expect("emulator");
         assert_eq!(fetched.status(), 200, "{url}");
         assert_eq!(fetched.bytes().await.expect("body").as_ref(), body);
     }
@@ -554,17 +556,16 @@ async fn gcs_links_and_copies_are_signed_verifiably() {
 
     // Proxy: the link with its generation as ETag, and the copy.
     let proxy = api.sign("ws-test", &[one, copied], "proxy", 60).await;
-    let proxied: Vec<&str> =
-        proxy["urls"].as_array().expect("urls").iter().map(|u| u["url"].as_str().expect("url")).collect();
-    let got = api.http.get(proxied[0]).header("range", "bytes=4-8").send().await.expect("content");
+    let proxied = Api::urls(&proxy);
+    let got = api.http.get(&proxied[0]).header("range", "bytes=4-8").send().await.expect("content");
     assert_eq!(got.status(), 206);
     assert_eq!(got.headers()["content-range"], "bytes 4-8/13");
     assert_eq!(got.bytes().await.expect("body").as_ref(), b"bytes");
-    let got = api.http.get(proxied[1]).send().await.expect("content");
+    let got = api.http.get(&proxied[1]).send().await.expect("content");
     assert_eq!(got.bytes().await.expect("body").as_ref(), b"copied to gcs");
     // A new generation of the object is a changed source.
     source.put("g/one photo.jpg", b"replaced").await;
-    let gone = api.http.get(proxied[0]).send().await.expect("content");
+    let gone = api.http.get(&proxied[0]).send().await.expect("content");
     assert_eq!(gone.status(), 410);
     assert_eq!(gone.json::<Value>().await.expect("error")["error"]["code"], "source_changed");
 }
@@ -606,12 +607,7 @@ async fn azure_links_and_file_copies_are_proxied_only_and_streams_are_bounded() 
     }
     // Proxy: both served.
     let proxy = api.sign("ws-test", &[small, small_copy, big_link], "proxy", 60).await;
-    let proxied: Vec<String> = proxy["urls"]
-        .as_array()
-        .expect("urls")
-        .iter()
-        .map(|u| u["url"].as_str().expect("url").to_owned())
-        .collect();
+    let proxied = Api::urls(&proxy);
     for url in &proxied[..2] {
         let got = api.http.get(url).send().await.expect("content");
         assert_eq!(got.status(), 200, "{url}");

@@ -76,15 +76,7 @@ async fn no_token_signature_or_sas_reaches_the_logs_or_metrics() {
     assert_eq!(wrong.status(), 401);
     secrets.push(("a refused token", "wrong-token-but-long-enough".to_owned()));
 
-    let metrics = api
-        .http
-        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = tether_tests::api::text(&format!("http://127.0.0.1:{metrics_port}/metrics")).await;
     assert!(metrics.contains("tether_api_urls_signed_total"), "{metrics}");
     let logs = api.logs();
     assert!(

@@ -154,14 +154,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let store = Store::connect(&config.common.database_url, config.common.db_pool_size)?;
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
     let refresh_margin = Duration::from_secs(config.sts_refresh_margin_secs);
-    // One HTTP client (one connection pool) for GCS, Azure and IAM.
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(120))
-        // A redirect would carry an Azure URL, SAS token included, elsewhere.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| WorkerError::Http(e.without_url().to_string()))?;
+    let http = tether_shared::storage::http_client(Duration::from_secs(120)).map_err(WorkerError::Http)?;
     let gcp_tokens = Arc::new(GcpTokens::new(http.clone(), refresh_margin));
     let gcs = GcsApi::new(http.clone(), config.storage_emulator_host.as_deref(), gcp_tokens);
     let destination = match &config.destination {

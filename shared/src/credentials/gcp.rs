@@ -107,34 +107,39 @@ impl GcpTokens {
         struct Signed {
             signed_blob: String,
         }
-        let own = self.own(CLOUD_PLATFORM_SCOPE).await?;
-        let url = format!("{IAM_CREDENTIALS}/projects/-/serviceAccounts/{account}:signBlob");
         let engine = base64::engine::general_purpose::STANDARD;
-        let response = self
-            .http
-            .post(url)
-            .bearer_auth(own.expose())
-            .json(&serde_json::json!({ "payload": engine.encode(payload) }))
-            .send()
-            .await
-            .map_err(|e| {
+        let body = serde_json::json!({ "payload": engine.encode(payload) });
+        let signed: Signed = self.iam(account, "signBlob", "sign as", &body).await?;
+        engine.decode(signed.signed_blob).map_err(|_| {
+            CredentialError::Unavailable("IAM Credentials sent a signature that is not base64".into())
+        })
+    }
+
+    /// Calls the IAM Credentials `method` on `account` with Tether's own
+    /// identity; a refusal says Tether may not `what` the account.
+    async fn iam<T: serde::de::DeserializeOwned>(
+        &self,
+        account: &str,
+        method: &str,
+        what: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, CredentialError> {
+        let own = self.own(CLOUD_PLATFORM_SCOPE).await?;
+        let url = format!("{IAM_CREDENTIALS}/projects/-/serviceAccounts/{account}:{method}");
+        let response =
+            self.http.post(url).bearer_auth(own.expose()).json(body).send().await.map_err(|e| {
                 CredentialError::Unavailable(format!(
                     "IAM Credentials could not be reached: {}",
                     e.without_url()
                 ))
             })?;
         match response.status().as_u16() {
-            200 => {
-                let signed: Signed = response.json().await.map_err(|e| {
-                    CredentialError::Unavailable(format!("IAM Credentials answered unreadably: {}", e.without_url()))
-                })?;
-                engine.decode(signed.signed_blob).map_err(|_| {
-                    CredentialError::Unavailable("IAM Credentials sent a signature that is not base64".into())
-                })
-            }
+            200 => response.json().await.map_err(|e| {
+                CredentialError::Unavailable(format!("IAM Credentials answered unreadably: {}", e.without_url()))
+            }),
             403 | 404 => Err(CredentialError::Refused {
                 sentence: format!(
-                    "Tether may not sign as the service account {account}: check that it exists and that the platform granted Tether's service account roles/iam.serviceAccountTokenCreator on it"
+                    "Tether may not {what} the service account {account}: check that it exists and that the platform granted Tether's service account roles/iam.serviceAccountTokenCreator on it"
                 ),
             }),
             status => Err(CredentialError::Unavailable(format!("IAM Credentials answered {status}"))),
@@ -147,35 +152,9 @@ impl GcpTokens {
     }
 
     async fn impersonate(&self, account: &str) -> Result<Cached, CredentialError> {
-        let own = self.own(CLOUD_PLATFORM_SCOPE).await?;
-        let url = format!("{IAM_CREDENTIALS}/projects/-/serviceAccounts/{account}:generateAccessToken");
-        let response = self
-            .http
-            .post(url)
-            .bearer_auth(own.expose())
-            .json(&serde_json::json!({ "scope": [STORAGE_SCOPE], "lifetime": IMPERSONATION_LIFETIME }))
-            .send()
-            .await
-            .map_err(|e| {
-                CredentialError::Unavailable(format!(
-                    "IAM Credentials could not be reached: {}",
-                    e.without_url()
-                ))
-            })?;
-        let status = response.status().as_u16();
-        match status {
-            200 => {
-                let generated: GeneratedToken = response.json().await.map_err(|e| {
-                    CredentialError::Unavailable(format!("IAM Credentials answered unreadably: {}", e.without_url()))
-                })?;
-                Ok(Cached { token: Secret::new(generated.access_token), expires: generated.expire_time })
-            }
-            403 | 404 => Err(CredentialError::Refused {
-                sentence: format!(
-                    "Tether may not impersonate the service account {account}: check that it exists and that the platform granted Tether's service account roles/iam.serviceAccountTokenCreator on it"
-                ),
-            }),
-            _ => Err(CredentialError::Unavailable(format!("IAM Credentials answered {status}"))),
-        }
+        let body = serde_json::json!({ "scope": [STORAGE_SCOPE], "lifetime": IMPERSONATION_LIFETIME });
+        let generated: GeneratedToken =
+            self.iam(account, "generateAccessToken", "impersonate", &body).await?;
+        Ok(Cached { token: Secret::new(generated.access_token), expires: generated.expire_time })
     }
 }

@@ -36,13 +36,8 @@ impl S3Destination {
         prefix: &str,
         parts: Parts,
     ) -> Self {
-        let config = aws_sdk_s3::config::Builder::from(sdk)
-            .force_path_style(force_path_style)
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .build();
         Self {
-            client: aws_sdk_s3::Client::from_conf(config),
+            client: platform_client(sdk, force_path_style),
             bucket: bucket.to_owned(),
             prefix: prefix.trim_matches('/').to_owned(),
             parts: Parts { bytes: parts.bytes.max(MIN_PART_BYTES), ..parts },
@@ -134,6 +129,17 @@ impl S3Destination {
             .map_err(|e| write_error(&self.bucket, key, e))?;
         Ok(())
     }
+}
+
+/// An S3 client with Tether's own identity, for the platform's storage.
+pub(crate) fn platform_client(sdk: &aws_config::SdkConfig, force_path_style: bool) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(force_path_style)
+        // S3-compatible stores reject the checksums the SDK adds by default.
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
 }
 
 /// The outcome of one part's upload task.

@@ -12,13 +12,13 @@ use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
-use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::presigning::PresigningConfig;
 use chrono::{DateTime, Utc};
 
 use super::{SignError, SignedUrl, Signer, Validity};
 use crate::contract::Secret;
 use crate::credentials::CredentialError;
+use crate::destination::s3::platform_client;
 use crate::storage::s3::S3Bucket;
 
 /// A URL ends this long before the session it was signed with: clocks
@@ -90,13 +90,8 @@ pub struct OwnS3 {
 
 impl OwnS3 {
     pub fn new(sdk: &aws_config::SdkConfig, force_path_style: bool, refresh_margin: Duration) -> Self {
-        let config = aws_sdk_s3::config::Builder::from(sdk)
-            .force_path_style(force_path_style)
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .build();
         Self {
-            client: aws_sdk_s3::Client::from_conf(config),
+            client: platform_client(sdk, force_path_style),
             provider: sdk.credentials_provider(),
             refresh_margin,
             cached: tokio::sync::Mutex::new(None),

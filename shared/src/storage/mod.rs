@@ -279,6 +279,18 @@ impl Sources {
     }
 }
 
+/// The HTTP client of GCS, Azure and IAM calls: one connection pool, and no
+/// redirects (a redirect would carry an Azure URL, SAS token included,
+/// elsewhere).
+pub fn http_client(read_timeout: std::time::Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .read_timeout(read_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.without_url().to_string())
+}
+
 /// A transport failure (connection refused or reset, timeout), described
 /// without the request's URL: an Azure URL carries the SAS token.
 pub(crate) fn unreachable(provider: &str, error: &reqwest::Error) -> StorageError {
