@@ -52,7 +52,7 @@ const DRAIN: Duration = Duration::from_secs(30);
 
 /// Why `tether-api` could not start or stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub enum RunError {
     /// A setting is missing or unsafe: the sentence names the variable.
     #[error("{0}")]
     Config(String),
@@ -91,9 +91,9 @@ pub(crate) struct AppState {
 }
 
 /// Listens on `TETHER_API_ADDR` and serves until `shutdown`.
-pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> Result<(), ApiError> {
+pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> Result<(), RunError> {
     let addr = config.addr;
-    let listener = TcpListener::bind(addr).await.map_err(|error| ApiError::Listen { addr, error })?;
+    let listener = TcpListener::bind(addr).await.map_err(|error| RunError::Listen { addr, error })?;
     serve(config, listener, shutdown).await
 }
 
@@ -103,8 +103,8 @@ pub async fn serve(
     config: ApiConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), ApiError> {
-    let checked = config.check().map_err(ApiError::Config)?;
+) -> Result<(), RunError> {
+    let checked = config.check().map_err(RunError::Config)?;
     let own_key = match &config.google_application_credentials {
         Some(path) => own_google_key(path)?,
         None => None,
@@ -112,7 +112,7 @@ pub async fn serve(
     let store = Store::connect(&config.database_url, config.db_pool_size)?;
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
     let refresh_margin = Duration::from_secs(config.sts_refresh_margin_secs);
-    let http = tether_shared::storage::http_client(Duration::from_secs(60)).map_err(ApiError::Http)?;
+    let http = tether_shared::storage::http_client(Duration::from_secs(60)).map_err(RunError::Http)?;
     let gcp_tokens = Arc::new(GcpTokens::new(http.clone(), refresh_margin));
     let gcs = GcsApi::new(http.clone(), config.storage_emulator_host.as_deref(), Arc::clone(&gcp_tokens));
     let destination = match &config.destination {
@@ -147,14 +147,14 @@ pub async fn serve(
     });
     if let Some(addr) = config.metrics_addr {
         let ready = Readiness { store, amqp: None };
-        telemetry::serve(addr, ready, shutdown.clone()).await.map_err(ApiError::Metrics)?;
+        telemetry::serve(addr, ready, shutdown.clone()).await.map_err(RunError::Metrics)?;
     }
-    let addr = listener.local_addr().map_err(ApiError::Serve)?;
+    let addr = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!(%addr, window_secs = state.window.seconds(), origins = state.origins.len(), "tether-api listening.");
     let server = axum::serve(listener, routes::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     tokio::select! {
-        served = server => served.map_err(ApiError::Serve)?,
+        served = server => served.map_err(RunError::Serve)?,
         () = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN).await } => {
             tracing::warn!("Streams still open {DRAIN:?} after the shutdown signal; cutting them.");
         }
@@ -165,9 +165,9 @@ pub async fn serve(
 
 /// Tether's own service-account key, for signing gs:// URLs; another kind
 /// of Google credentials file (a gcloud user's) signs nothing.
-fn own_google_key(path: &std::path::Path) -> Result<Option<ServiceAccountKey>, ApiError> {
+fn own_google_key(path: &std::path::Path) -> Result<Option<ServiceAccountKey>, RunError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ApiError::Config(format!(
+        RunError::Config(format!(
             "GOOGLE_APPLICATION_CREDENTIALS names {}, which cannot be read ({e}): point it at Tether's service-account JSON key",
             path.display()
         ))
@@ -180,7 +180,7 @@ fn own_google_key(path: &std::path::Path) -> Result<Option<ServiceAccountKey>, A
         return Ok(None);
     }
     ServiceAccountKey::from_json(&text).map(Some).map_err(|e| {
-        ApiError::Config(format!(
+        RunError::Config(format!(
             "GOOGLE_APPLICATION_CREDENTIALS names {}, but {e}: point it at Tether's service-account JSON key",
             path.display()
         ))
