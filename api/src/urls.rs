@@ -31,8 +31,10 @@ use crate::AppState;
 
 /// Signatures (GCS) kept at most; past this the cache starts afresh.
 const CACHE_ENTRIES: usize = 100_000;
-/// Images signed at once (GCS signBlob calls overlap; S3 presigning is CPU).
+/// Images one task signs at once (GCS signBlob calls overlap).
 const SIGNING_CONCURRENCY: usize = 16;
+/// Images per signing task: a 1000-id request is eight tasks.
+const CHUNK: usize = 125;
 
 /// `direct` (the store's own URL) or `proxy` (tether-api's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -125,9 +127,11 @@ pub(crate) fn proxy_url(state: &AppState, image_id: Uuid, expires_at: DateTime<U
 /// A signer for the objects of one import, or why there is none.
 type ImportSigner = Result<(Arc<dyn Signer>, Option<String>), Refused>;
 
-/// Direct URLs for `images`, in their order.
+/// Direct URLs for `images`, in their order. Chunks of [`CHUNK`] images
+/// are signed by tasks of their own, so that a large request uses every
+/// core (presigning is CPU work).
 pub(crate) async fn direct(
-    state: &AppState,
+    state: &Arc<AppState>,
     images: &[AccessImage],
     validity: Validity,
 ) -> Vec<Result<SignedUrl, Refused>> {
@@ -139,8 +143,30 @@ pub(crate) async fn direct(
             }
         }
     }
-    let signed: Vec<_> = images.iter().map(|image| sign_one(state, image, &signers, validity)).collect();
-    futures_util::stream::iter(signed).buffered(SIGNING_CONCURRENCY).collect().await
+    let signers = Arc::new(signers);
+    let tasks: Vec<_> = images
+        .chunks(CHUNK)
+        .map(|chunk| {
+            let (state, signers, chunk) = (Arc::clone(state), Arc::clone(&signers), chunk.to_vec());
+            tokio::spawn(async move {
+                let signed: Vec<_> =
+                    chunk.iter().map(|image| sign_one(&state, image, &signers, validity)).collect();
+                futures_util::stream::iter(signed).buffered(SIGNING_CONCURRENCY).collect::<Vec<_>>().await
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(images.len());
+    for (task, chunk) in tasks.into_iter().zip(images.chunks(CHUNK)) {
+        match task.await {
+            Ok(signed) => results.extend(signed),
+            Err(error) => {
+                let refused =
+                    Refused::unavailable(format!("Signing stopped unexpectedly ({error}): try again"));
+                results.extend(chunk.iter().map(|_| Err(refused.clone())));
+            }
+        }
+    }
+    results
 }
 
 /// The signer of an import's bucket, and the identity its signatures are

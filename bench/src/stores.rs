@@ -20,8 +20,11 @@ use tokio::process::{Child, Command};
 
 /// The S3 bucket every S3 tree is seeded into.
 pub(crate) const BUCKET: &str = "tether-bench";
-const MOTO_PORT: u16 = 9570;
-const GCS_PORT: u16 = 4450;
+/// The stores' ports; `TETHER_BENCH_MOTO_PORT` and `TETHER_BENCH_GCS_PORT`
+/// move them where another service of the machine holds these.
+fn port(variable: &str, default: u16) -> u16 {
+    std::env::var(variable).ok().and_then(|p| p.parse().ok()).unwrap_or(default)
+}
 
 /// A tree of objects for link imports.
 #[derive(Debug, Clone, Copy)]
@@ -91,13 +94,14 @@ impl Stores {
 
 async fn start_moto(root: &Path, venv: &Path) -> (Child, String) {
     let started = Instant::now();
+    let moto_port = port("TETHER_BENCH_MOTO_PORT", 9570);
     let mut trees: Vec<String> = S3_TREES.iter().map(|t| t.moto_spec()).collect();
     for (prefix, count, bytes) in [SMALL, LARGE] {
         trees.push(format!("{}={prefix}:{count}:{bytes}", prefix.trim_end_matches('/')));
     }
     let mut moto = Command::new(venv.join("bin/python"))
         .arg(root.join("scripts/bench-moto.py"))
-        .arg(MOTO_PORT.to_string())
+        .arg(moto_port.to_string())
         .arg(BUCKET)
         .args(&trees)
         .stdin(Stdio::piped())
@@ -108,8 +112,8 @@ async fn start_moto(root: &Path, venv: &Path) -> (Child, String) {
     let stdout = moto.stdout.take().expect("piped stdout");
     let line = tokio::io::BufReader::new(stdout).lines().next_line().await.ok().flatten();
     let line = line.unwrap_or_else(|| panic!("bench-moto.py stopped before it was seeded"));
-    eprintln!("moto on {MOTO_PORT}: {line} ({:.1} s in all)", started.elapsed().as_secs_f64());
-    (moto, format!("http://127.0.0.1:{MOTO_PORT}"))
+    eprintln!("moto on {moto_port}: {line} ({:.1} s in all)", started.elapsed().as_secs_f64());
+    (moto, format!("http://127.0.0.1:{moto_port}"))
 }
 
 /// The fake-gcs-server binary that `scripts/services.sh` installed.
@@ -130,10 +134,11 @@ fn gcs_binary(venv: &Path) -> PathBuf {
 }
 
 async fn start_gcs(venv: &Path) -> (Child, String) {
-    let endpoint = format!("http://127.0.0.1:{GCS_PORT}");
+    let gcs_port = port("TETHER_BENCH_GCS_PORT", 4450);
+    let endpoint = format!("http://127.0.0.1:{gcs_port}");
     let child = Command::new(gcs_binary(venv))
         .args(["-scheme", "http", "-host", "127.0.0.1", "-backend", "memory", "-log-level", "error"])
-        .args(["-port", &GCS_PORT.to_string(), "-external-url", &endpoint])
+        .args(["-port", &gcs_port.to_string(), "-external-url", &endpoint])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -175,7 +180,7 @@ async fn seed_gcs(endpoint: &str) {
         .count()
         .await;
     eprintln!(
-        "fake-gcs-server on {GCS_PORT}: seeded {seeded} objects in {:.1} s",
+        "fake-gcs-server on {endpoint}: seeded {seeded} objects in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

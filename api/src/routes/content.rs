@@ -56,8 +56,9 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(30);
 const STORE_IDLE: Duration = Duration::from_secs(60);
 /// Time a client may take to accept the next chunk before its stream is cut.
 const CLIENT_IDLE: Duration = Duration::from_secs(60);
-/// Chunks buffered between the store and the client, per stream.
-const BUFFERED_CHUNKS: usize = 2;
+/// Chunks buffered between the store and the client, per stream (a store
+/// chunk is a few KiB to 64 KiB).
+const BUFFERED_CHUNKS: usize = 8;
 
 pub(crate) fn router(origins: &[String]) -> Router<Arc<AppState>> {
     // Exact origins only, never `*`, never credentials (the default).
