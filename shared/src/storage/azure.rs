@@ -92,8 +92,9 @@ impl ObjectSource for AzureContainer {
     }
 
     async fn read(&self, key: &str, etag: Option<&str>) -> Result<ObjectBody, StorageError> {
-        let url = format!("{}/{}", self.container_url, utf8_percent_encode(key, PATH));
-        let response = self.call(Method::GET, url.clone(), etag).await?;
+        let url = self.blob_url(key);
+        let if_match = etag.map(|etag| ("If-Match", format!("\"{etag}\"")));
+        let response = self.call(Method::GET, url.clone(), if_match).await?;
         if response.status() == StatusCode::PRECONDITION_FAILED {
             // A deleted blob also fails If-Match (Azurite): tell the two apart.
             let now = self.call(Method::HEAD, url, None).await?;
@@ -114,18 +115,37 @@ impl ObjectSource for AzureContainer {
 }
 
 impl AzureContainer {
-    /// Calls `url` with the SAS token appended (and `If-Match` when given).
+    fn blob_url(&self, key: &str) -> String {
+        format!("{}/{}", self.container_url, utf8_percent_encode(key, PATH))
+    }
+
+    /// Reads the first byte of `key`: proof that the token may read blobs,
+    /// without downloading one (a connection check).
+    pub(crate) async fn first_byte(&self, key: &str) -> Result<(), StorageError> {
+        let range = Some(("x-ms-range", "bytes=0-0".to_owned()));
+        let response = self.call(Method::GET, self.blob_url(key), range).await?;
+        match response.status() {
+            status if status.is_success() => {
+                response.bytes().await.map(drop).map_err(|e| unreachable("Azure", &e))
+            }
+            // An empty blob has no first byte, but it was readable.
+            StatusCode::RANGE_NOT_SATISFIABLE => Ok(()),
+            _ => Err(self.refused(response, Some(key)).await),
+        }
+    }
+
+    /// Calls `url` with the SAS token appended, and `header` when given.
     async fn call(
         &self,
         method: Method,
         mut url: String,
-        if_match: Option<&str>,
+        header: Option<(&'static str, String)>,
     ) -> Result<Response, StorageError> {
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(self.sas.expose());
         let mut request = self.http.request(method, url).header("x-ms-version", API_VERSION);
-        if let Some(etag) = if_match {
-            request = request.header("If-Match", format!("\"{etag}\""));
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
         }
         request.send().await.map_err(|e| unreachable("Azure", &e))
     }

@@ -256,6 +256,26 @@ impl S3Bucket {
         Ok(region)
     }
 
+    /// Reads the first byte of `key`: proof that the role may read objects,
+    /// without downloading one (a connection check).
+    pub(crate) async fn first_byte(&self, key: &str) -> Result<(), StorageError> {
+        self.call(|client| async move {
+            let read = client.get_object().bucket(&self.bucket).key(key).range("bytes=0-0").send().await;
+            match read {
+                Ok(output) => output.body.collect().await.map(drop).map_err(|e| {
+                    Failure::Storage(StorageError::Unavailable(format!(
+                        "reading s3://{}/{key} broke off: {e}",
+                        self.bucket
+                    )))
+                }),
+                // An empty object has no first byte, but it was readable.
+                Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 416 => Ok(()),
+                Err(e) => Err(self.failed(e, |e| self.classify_read(key, e))),
+            }
+        })
+        .await
+    }
+
     /// Settles the region of a bucket nobody named one for: asks S3 once per
     /// bucket and process. A role that may not ask stays on the default
     /// region, and the first refusal that names the right one moves it.
