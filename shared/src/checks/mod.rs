@@ -184,7 +184,7 @@ impl CheckRequest {
 
 /// A web origin as browsers send it (`scheme://host[:port]`, nothing after);
 /// the error says what it is instead, for the caller to name the field.
-pub(crate) fn valid_origin(origin: &str) -> Result<String, String> {
+pub fn valid_origin(origin: &str) -> Result<String, String> {
     let origin = origin.trim();
     let host = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
     let ok = host.is_some_and(|h| {
@@ -210,6 +210,19 @@ pub enum CheckerError {
     Origin(String),
     #[error("cannot build the HTTP client for GCS and Azure: {0}")]
     Http(String),
+}
+
+/// The origin checks and set-ups use when none is given: the first of
+/// `TETHER_API_ALLOWED_ORIGINS` (`allowed_origins`), each of which must be
+/// an origin.
+pub fn default_origin(allowed_origins: &[String]) -> Result<Option<String>, CheckerError> {
+    let origins = allowed_origins
+        .iter()
+        .filter(|o| !o.trim().is_empty())
+        .map(|o| valid_origin(o))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CheckerError::Origin)?;
+    Ok(origins.into_iter().next())
 }
 
 /// Runs connection checks with Tether's own identities and the operator's
@@ -238,12 +251,7 @@ impl Checker {
         allowed_origins: &[String],
         regions: Arc<BucketRegions>,
     ) -> Result<Self, CheckerError> {
-        let origins = allowed_origins
-            .iter()
-            .filter(|o| !o.trim().is_empty())
-            .map(|o| valid_origin(o))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(CheckerError::Origin)?;
+        let default_origin = default_origin(allowed_origins)?;
         let http = reqwest::Client::builder()
             .connect_timeout(STEP_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
@@ -257,7 +265,7 @@ impl Checker {
             http,
             gcs_emulator: stores.storage_emulator_host.clone().filter(|h| !h.is_empty()),
             regions,
-            default_origin: origins.into_iter().next(),
+            default_origin,
             options: ValidationOptions { gcs_allow_own_identity: stores.gcs_allow_own_identity },
         })
     }
@@ -290,16 +298,6 @@ impl Checker {
             "Connection check done."
         );
         report
-    }
-
-    /// The AWS policies of `setup` for Tether's own principal, as STS
-    /// `GetCallerIdentity` reports it.
-    pub async fn setup_aws(&self, setup: &setup::AwsSetup) -> Result<Value, setup::SetupError> {
-        let caller = tokio::time::timeout(STEP_TIMEOUT, s3::caller_arn(&self.sts))
-            .await
-            .map_err(|_| setup::SetupError::Identity("STS did not answer GetCallerIdentity in time".into()))?
-            .map_err(setup::SetupError::Identity)?;
-        Ok(setup.policies(&caller))
     }
 }
 

@@ -15,7 +15,7 @@ use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_sts::error::{DisplayErrorContext, SdkError};
 use uuid::Uuid;
 
-use super::setup::trust_principal;
+use super::setup::{caller_arn, trust_principal};
 use super::{
     cors, cors_origin, cors_verdict, list_and_read, unanswered, Check, CheckRequest, Checker, Clock, Probe,
     Report, CORS,
@@ -180,7 +180,7 @@ async fn bucket_region(bucket: &S3Bucket, source: &S3Source, clock: &Clock) -> C
             Some(named) if *named != region => Check::warn(
                 BUCKET_REGION,
                 format!(
-                    "source.region is {named}, but the bucket is in {region}: set source.region to {region}, or leave it out and Tether finds the region itself"
+                    "The request's source.region is {named}, but the bucket is in {region}: set source.region to {region}, or leave it out and Tether finds the region itself"
                 ),
             ),
             _ => Check::pass(BUCKET_REGION, format!("The bucket is in {region}")),
@@ -268,16 +268,6 @@ async fn assume_with_another_external_id(sts: &aws_sdk_sts::Client, role_arn: &s
         }
         Err(error) => Err(DisplayErrorContext(error).to_string()),
     }
-}
-
-/// Tether's own principal, as STS `GetCallerIdentity` reports it.
-pub(super) async fn caller_arn(sts: &aws_sdk_sts::Client) -> Result<String, String> {
-    let identity = sts
-        .get_caller_identity()
-        .send()
-        .await
-        .map_err(|e| format!("STS GetCallerIdentity failed: {}", DisplayErrorContext(e)))?;
-    identity.arn.ok_or_else(|| "STS GetCallerIdentity named no ARN".to_owned())
 }
 
 #[cfg(test)]

@@ -5,9 +5,10 @@
 //! platform's pages load direct URLs. Written here rather than on a help page
 //! so that they cannot drift from what Tether does.
 
+use aws_sdk_sts::error::DisplayErrorContext;
 use serde_json::{json, Value};
 
-use super::valid_origin;
+use super::{valid_origin, STEP_TIMEOUT};
 use crate::contract::{external_id_ok, s3_bucket_ok, MAX_PREFIX_BYTES};
 
 /// Why no set-up could be written.
@@ -80,8 +81,19 @@ impl AwsSetup {
         })
     }
 
-    /// `{"trust_policy", "permission_policy", "cors_rules"}` for Tether's
-    /// principal (the ARN `GetCallerIdentity` reports).
+    /// The policies for Tether's own principal: the identity `sdk` holds,
+    /// as STS `GetCallerIdentity` reports it.
+    pub async fn policies_for_tether(&self, sdk: &aws_config::SdkConfig) -> Result<Value, SetupError> {
+        let sts = aws_sdk_sts::Client::new(sdk);
+        let caller = tokio::time::timeout(STEP_TIMEOUT, caller_arn(&sts))
+            .await
+            .map_err(|_| SetupError::Identity("STS did not answer GetCallerIdentity in time".into()))?
+            .map_err(SetupError::Identity)?;
+        Ok(self.policies(&caller))
+    }
+
+    /// `{"trust_policy", "permission_policy", "cors_rules"}` for the
+    /// principal `caller_arn` (an ARN `GetCallerIdentity` reports).
     pub fn policies(&self, caller_arn: &str) -> Value {
         // The bucket lives in the caller's partition (aws, aws-cn, aws-us-gov).
         let partition = caller_arn.split(':').nth(1).filter(|p| p.starts_with("aws")).unwrap_or("aws");
@@ -136,6 +148,16 @@ impl AwsSetup {
             },
         })
     }
+}
+
+/// Tether's own principal, as STS `GetCallerIdentity` reports it.
+pub(super) async fn caller_arn(sts: &aws_sdk_sts::Client) -> Result<String, String> {
+    let identity = sts
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| format!("STS GetCallerIdentity failed: {}", DisplayErrorContext(e)))?;
+    identity.arn.ok_or_else(|| "STS GetCallerIdentity named no ARN".to_owned())
 }
 
 /// A prefix as IAM reads it literally in an ARN or a `StringLike` value:
