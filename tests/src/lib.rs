@@ -3,6 +3,7 @@
 //! parallel against the real services that `make test` starts. A missing
 //! service makes the test fail with a message saying so; nothing is skipped.
 
+pub mod moto_auth;
 pub mod proxy;
 pub mod stores;
 
