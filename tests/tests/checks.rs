@@ -57,6 +57,8 @@ struct Customer {
     account: AwsAccount,
     bucket: String,
     role_arn: String,
+    /// What `setup aws` printed for it.
+    policies: Value,
 }
 
 impl Customer {
@@ -81,7 +83,7 @@ impl Customer {
             account.put(&bucket, "img/0001.jpg", b"first image").await;
             account.put(&bucket, "img/0002.jpg", b"second image").await;
         }
-        Self { account, bucket, role_arn }
+        Self { account, bucket, role_arn, policies }
     }
 
     /// Puts the CORS rules the set-up printed for `origin`.
@@ -187,6 +189,27 @@ async fn an_empty_prefix_a_wrong_region_and_no_cors_rules_warn_without_failing()
 }
 
 #[tokio::test]
+async fn a_role_that_may_not_read_the_buckets_region_or_cors_warns_and_skips() {
+    let customer = Customer::new(true, true).await;
+    // The set-up's policy without its first statement (GetBucketLocation, GetBucketCORS).
+    let mut permissions = customer.policies["permission_policy"].clone();
+    permissions["Statement"].as_array_mut().expect("statements").remove(0);
+    let narrow = customer
+        .account
+        .role(&format!("narrow-{}", customer.bucket), &customer.policies["trust_policy"], &permissions)
+        .await;
+    let mut source = customer.source(&["img/"]);
+    source["role_arn"] = json!(narrow);
+    let report = run(&checker(&customer.account.tether), json!({ "source": source })).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.checks[3].status, Status::Warn);
+    assert!(report.checks[3].message.contains("s3:GetBucketLocation"), "{report:?}");
+    assert_eq!((report.checks[4].status, report.checks[5].status), (Status::Pass, Status::Pass));
+    assert_eq!(report.checks[6].status, Status::Skipped);
+    assert!(report.checks[6].message.contains("s3:GetBucketCORS"), "{report:?}");
+}
+
+#[tokio::test]
 async fn a_missing_bucket_fails_naming_it() {
     let customer = Customer::new(true, false).await;
     let report =
@@ -218,7 +241,9 @@ async fn azure_tokens_without_l_or_r_expired_or_ending_in_link_mode_say_what_to_
         sas
     };
     let names = ["sas_permissions", "sas_expiry", "list", "read"];
-    let expect = |report: &Report, expected: [Status; 4]| {
+    let mut reports = Vec::new();
+    let mut expect = |report: &Report, expected: [Status; 4]| {
+        reports.push(serde_json::to_string(report).expect("JSON"));
         assert_eq!(statuses(report), names.into_iter().zip(expected).collect::<Vec<_>>());
         assert_eq!(report.ok, !expected.contains(&Status::Fail));
         assert_eq!(report.region, None);
@@ -252,6 +277,7 @@ async fn azure_tokens_without_l_or_r_expired_or_ending_in_link_mode_say_what_to_
     assert!(report.checks[2].message.contains("tether-missing-container"), "{report:?}");
 
     // No report and no log line holds a token's signature.
+    let reports = reports.join("\n");
     let logs = captured_logs();
     assert!(logs.contains("Connection check done."), "the logs were not captured");
     for sas in &tokens {
@@ -259,6 +285,7 @@ async fn azure_tokens_without_l_or_r_expired_or_ending_in_link_mode_say_what_to_
         let decoded = percent_encoding::percent_decode_str(sig).decode_utf8_lossy().into_owned();
         for secret in [sig, decoded.as_str()] {
             assert!(!logs.contains(secret), "a SAS signature reached the logs");
+            assert!(!reports.contains(secret), "a SAS signature reached a report");
         }
     }
     assert!(!logs.contains("sig="), "a SAS token reached the logs");
