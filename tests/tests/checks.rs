@@ -105,6 +105,11 @@ impl Customer {
             .expect("put the CORS rules");
     }
 
+    /// Checks `source` with Tether's identity.
+    async fn check(&self, body: Value) -> Report {
+        run(&checker(&self.account.tether), body).await
+    }
+
     fn source(&self, prefixes: &[&str]) -> Value {
         json!({ "provider": "s3", "bucket": self.bucket, "prefixes": prefixes,
                 "role_arn": self.role_arn, "external_id": EXTERNAL_ID })
@@ -115,8 +120,7 @@ impl Customer {
 async fn a_well_configured_s3_bucket_passes_every_check() {
     let customer = Customer::new(true, true).await;
     customer.allow_origin("https://*.example.com").await;
-    let report =
-        run(&checker(&customer.account.tether), json!({ "source": customer.source(&["img/"]) })).await;
+    let report = customer.check(json!({ "source": customer.source(&["img/"]) })).await;
     let every =
         ["assume_role", "session_duration", "external_id_required", "bucket_region", "list", "read", "cors"];
     assert_eq!(statuses(&report), every.map(|name| (name, Status::Pass)).to_vec());
@@ -129,8 +133,7 @@ async fn a_well_configured_s3_bucket_passes_every_check() {
 #[tokio::test]
 async fn a_trust_policy_without_the_external_id_condition_fails() {
     let customer = Customer::new(false, true).await;
-    let report =
-        run(&checker(&customer.account.tether), json!({ "source": customer.source(&["img/"]) })).await;
+    let report = customer.check(json!({ "source": customer.source(&["img/"]) })).await;
     assert!(!report.ok);
     assert_eq!(report.checks[0].status, Status::Pass, "moto lets the role be assumed");
     assert_eq!(report.checks[2].name, "external_id_required");
@@ -148,7 +151,7 @@ async fn a_wrong_external_id_fails_assume_role_naming_what_to_fix() {
     let customer = Customer::new(true, true).await;
     let mut source = customer.source(&["img/"]);
     source["external_id"] = json!("another-workspace");
-    let report = run(&checker(&customer.account.tether), json!({ "source": source })).await;
+    let report = customer.check(json!({ "source": source })).await;
     assert!(!report.ok);
     assert_eq!(report.checks.len(), 7);
     assert_eq!(report.checks[0].status, Status::Fail);
@@ -163,7 +166,7 @@ async fn an_empty_prefix_a_wrong_region_and_no_cors_rules_warn_without_failing()
     let customer = Customer::new(true, true).await;
     let mut source = customer.source(&["img/", "nothing-here/"]);
     source["region"] = json!("us-west-2");
-    let report = run(&checker(&customer.account.tether), json!({ "source": source, "mode": "link" })).await;
+    let report = customer.check(json!({ "source": source, "mode": "link" })).await;
     assert!(report.ok, "warnings only");
     let region = message(&report, "bucket_region");
     assert!(region.contains("us-west-2") && region.contains("set source.region to eu-central-1"), "{region}");
@@ -180,12 +183,11 @@ async fn an_empty_prefix_a_wrong_region_and_no_cors_rules_warn_without_failing()
     }
     // An origin no rule allows warns too; copy mode does not care.
     customer.allow_origin("https://other.example.org").await;
-    let report =
-        run(&checker(&customer.account.tether), json!({ "source": customer.source(&["img/"]) })).await;
+    let report = customer.check(json!({ "source": customer.source(&["img/"]) })).await;
     assert_eq!(report.checks[6].status, Status::Warn);
     assert!(report.checks[6].message.starts_with("No CORS rule of the bucket allows GET"), "{report:?}");
     let body = json!({ "source": customer.source(&["img/"]), "mode": "copy" });
-    assert_eq!(run(&checker(&customer.account.tether), body).await.checks[6].status, Status::Skipped);
+    assert_eq!(customer.check(body).await.checks[6].status, Status::Skipped);
 }
 
 #[tokio::test]
@@ -200,7 +202,7 @@ async fn a_role_that_may_not_read_the_buckets_region_or_cors_warns_and_skips() {
         .await;
     let mut source = customer.source(&["img/"]);
     source["role_arn"] = json!(narrow);
-    let report = run(&checker(&customer.account.tether), json!({ "source": source })).await;
+    let report = customer.check(json!({ "source": source })).await;
     assert!(report.ok, "{report:?}");
     assert_eq!(report.checks[3].status, Status::Warn);
     assert!(report.checks[3].message.contains("s3:GetBucketLocation"), "{report:?}");
@@ -212,8 +214,7 @@ async fn a_role_that_may_not_read_the_buckets_region_or_cors_warns_and_skips() {
 #[tokio::test]
 async fn a_missing_bucket_fails_naming_it() {
     let customer = Customer::new(true, false).await;
-    let report =
-        run(&checker(&customer.account.tether), json!({ "source": customer.source(&["img/"]) })).await;
+    let report = customer.check(json!({ "source": customer.source(&["img/"]) })).await;
     assert!(!report.ok);
     assert_eq!(report.checks[0].status, Status::Pass, "{report:?}");
     for name in ["bucket_region", "list"] {

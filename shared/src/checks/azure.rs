@@ -9,23 +9,14 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use percent_encoding::percent_decode_str;
 
-use super::{list_and_read, Check, CheckRequest, Checker, Clock, Probe, Report};
+use super::{list_and_read, Check, CheckRequest, Checker, Clock, Report};
 use crate::contract::{AzureSource, Mode, Source};
-use crate::storage::azure::AzureContainer;
-use crate::storage::StorageError;
 
 const SAS_PERMISSIONS: &str = "sas_permissions";
 const SAS_EXPIRY: &str = "sas_expiry";
 
 /// An import may run up to 24 hours (contract §3).
 const IMPORT_HOURS: i64 = 24;
-
-#[async_trait::async_trait]
-impl Probe for AzureContainer {
-    async fn first_byte(&self, key: &str) -> Result<(), StorageError> {
-        AzureContainer::first_byte(self, key).await
-    }
-}
 
 /// The parameters of a SAS token a check reads, decoded.
 #[derive(Debug, Default)]

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    cors, cors_origin, cors_verdict, list_and_read, unanswered, Check, CheckRequest, Checker, Clock, Probe,
-    Report, CORS,
+    cors, cors_origin, cors_verdict, list_and_read, unanswered, Check, CheckRequest, Checker, Clock, Report,
+    CORS,
 };
 use crate::contract::{GcsSource, Mode, Source};
 use crate::credentials::gcp::GcpTokens;
 use crate::credentials::CredentialError;
-use crate::storage::gcs::{segment, GcsApi, GcsBucket, GcsSources};
+use crate::storage::gcs::{segment, GcsApi, GcsSources};
 use crate::storage::StorageError;
 
 const IMPERSONATE: &str = "impersonate";
@@ -25,13 +25,6 @@ const SIGN: &str = "sign";
 const SIGNED_PAYLOAD: &[u8] = b"tether connection check";
 const CORS_PLACE: &str =
     "the bucket's CORS configuration (gcloud storage buckets update gs://BUCKET --cors-file=FILE)";
-
-#[async_trait::async_trait]
-impl Probe for GcsBucket {
-    async fn first_byte(&self, key: &str) -> Result<(), StorageError> {
-        GcsBucket::first_byte(self, key).await
-    }
-}
 
 #[derive(serde::Deserialize)]
 struct BucketCors {

@@ -32,8 +32,9 @@ use tokio::time::Instant;
 
 use crate::config::StoresConfig;
 use crate::contract::{validate_source_value, Mode, Source, ValidationOptions};
-use crate::storage::azure::AzureSources;
-use crate::storage::s3::BucketRegions;
+use crate::storage::azure::{AzureContainer, AzureSources};
+use crate::storage::gcs::GcsBucket;
+use crate::storage::s3::{BucketRegions, S3Bucket};
 use crate::storage::{ListQuery, ObjectSource, StorageError};
 
 /// The whole check ends within this, whatever the stores do: §9 promises an
@@ -334,6 +335,20 @@ const CORS: &str = "cors";
 trait Probe: ObjectSource {
     async fn first_byte(&self, key: &str) -> Result<(), StorageError>;
 }
+
+/// Each provider's bucket reads its first byte its own way.
+macro_rules! probes {
+    ($($bucket:ty),*) => {$(
+        #[async_trait::async_trait]
+        impl Probe for $bucket {
+            async fn first_byte(&self, key: &str) -> Result<(), StorageError> {
+                <$bucket>::first_byte(self, key).await
+            }
+        }
+    )*};
+}
+
+probes!(S3Bucket, GcsBucket, AzureContainer);
 
 /// The `list` check (the first object under every prefix; a warning names
 /// the prefixes that hold none) and the `read` check (one byte of the first

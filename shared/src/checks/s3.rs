@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use super::setup::{caller_arn, trust_principal};
 use super::{
-    cors, cors_origin, cors_verdict, list_and_read, unanswered, Check, CheckRequest, Checker, Clock, Probe,
-    Report, CORS,
+    cors, cors_origin, cors_verdict, list_and_read, unanswered, Check, CheckRequest, Checker, Clock, Report,
+    CORS,
 };
 use crate::contract::{Mode, S3Source, Source};
 use crate::credentials::sts::{RoleKey, StsCredentials};
@@ -38,13 +38,6 @@ const PROBE_SESSION_SECONDS: i32 = 900;
 /// Where a customer changes CORS rules of a bucket.
 const CORS_PLACE: &str =
     "the bucket's Permissions tab, under Cross-origin resource sharing (CORS), in the S3 console (tetherctl setup aws prints such a rule)";
-
-#[async_trait::async_trait]
-impl Probe for S3Bucket {
-    async fn first_byte(&self, key: &str) -> Result<(), StorageError> {
-        S3Bucket::first_byte(self, key).await
-    }
-}
 
 pub(super) async fn check(
     checker: &Checker,

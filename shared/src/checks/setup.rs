@@ -42,35 +42,25 @@ impl AwsSetup {
         origin: Option<&str>,
         default_origin: Option<&str>,
     ) -> Result<Self, SetupError> {
-        Self::checked(bucket, prefix, external_id, origin, default_origin).map_err(SetupError::Invalid)
-    }
-
-    fn checked(
-        bucket: &str,
-        prefix: Option<&str>,
-        external_id: &str,
-        origin: Option<&str>,
-        default_origin: Option<&str>,
-    ) -> Result<Self, String> {
         if !s3_bucket_ok(bucket) {
-            return Err(format!(
+            return Err(SetupError::Invalid(format!(
                 "`bucket` is {:?}: give an S3 bucket name (3-63 lower-case letters, digits, dots and hyphens)",
                 bucket.escape_debug().to_string()
-            ));
+            )));
         }
         let prefix = prefix.unwrap_or_default();
         if prefix.len() > MAX_PREFIX_BYTES || prefix.chars().any(char::is_control) {
-            return Err(format!(
+            return Err(SetupError::Invalid(format!(
                 "`prefix` is not a key prefix: give at most {MAX_PREFIX_BYTES} bytes without control characters"
-            ));
+            )));
         }
         if !external_id_ok(external_id) {
-            return Err("`external_id` is not an ExternalId: give the workspace's (2-1224 characters of letters, digits and +=,.@:/-_)".into());
+            return Err(SetupError::Invalid("`external_id` is not an ExternalId: give the workspace's (2-1224 characters of letters, digits and +=,.@:/-_)".into()));
         }
         let origin = match origin.or(default_origin) {
-            Some(origin) => valid_origin(origin).map_err(|why| format!("`origin` {why}"))?,
+            Some(origin) => valid_origin(origin).map_err(|why| SetupError::Invalid(format!("`origin` {why}")))?,
             None => {
-                return Err("`origin` is missing: give the platform's web origin, such as https://app.example.com (or set TETHER_API_ALLOWED_ORIGINS)".into())
+                return Err(SetupError::Invalid("`origin` is missing: give the platform's web origin, such as https://app.example.com (or set TETHER_API_ALLOWED_ORIGINS)".into()))
             }
         };
         Ok(Self {
@@ -232,7 +222,7 @@ mod tests {
     #[test]
     fn bad_parameters_are_named() {
         let refused = |bucket, prefix, id, origin| {
-            AwsSetup::checked(bucket, prefix, id, origin, None).expect_err("refused")
+            AwsSetup::new(bucket, prefix, id, origin, None).expect_err("refused").to_string()
         };
         assert!(refused("Bad_Bucket", None, "ext-1", Some("https://a.example")).starts_with("`bucket`"));
         assert!(refused("acme-images", Some("a\u{0}"), "ext-1", Some("https://a.example"))
