@@ -193,7 +193,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         store,
         link: link.clone(),
         sources: Sources::new(
-            S3Sources::new(&sdk, sts, config.s3_force_path_style, Arc::default()),
+            S3Sources::new(&sdk, sts, config.s3_force_path_style),
             GcsSources::new(gcs),
             AzureSources::new(http, Some(&config.azure_blob_endpoint)),
             config.common.secrets_key.clone(),

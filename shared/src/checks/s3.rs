@@ -119,7 +119,8 @@ pub(super) async fn check(
         ),
         None => Check::fail(EXTERNAL_ID_REQUIRED, unanswered("STS", "AssumeRole with another ExternalId")),
     });
-    let sources = S3Sources::new(&checker.sdk, sts, checker.force_path_style, Arc::clone(&checker.regions));
+    let sources = S3Sources::new(&checker.sdk, sts, checker.force_path_style)
+        .sharing_regions(Arc::clone(&checker.regions));
     let bucket = match clock.within(sources.open(source)).await {
         Some(Ok(bucket)) => bucket,
         unopened => {

@@ -97,14 +97,8 @@ pub struct S3Sources {
 
 impl S3Sources {
     /// `sdk` is Tether's own AWS configuration (endpoints, HTTP client);
-    /// `force_path_style` is `TETHER_S3_FORCE_PATH_STYLE`; `regions` is the
-    /// process's cache of bucket regions.
-    pub fn new(
-        sdk: &aws_config::SdkConfig,
-        sts: Arc<StsCredentials>,
-        force_path_style: bool,
-        regions: Arc<BucketRegions>,
-    ) -> Self {
+    /// `force_path_style` is `TETHER_S3_FORCE_PATH_STYLE`.
+    pub fn new(sdk: &aws_config::SdkConfig, sts: Arc<StsCredentials>, force_path_style: bool) -> Self {
         let base = aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(force_path_style)
             // Our provider caches with its own margin; the SDK's cache would
@@ -114,11 +108,15 @@ impl S3Sources {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         let default_region = sdk.region().map_or_else(|| FALLBACK_REGION.to_owned(), ToString::to_string);
-        Self {
-            clients: Arc::new(Clients { base, sts, built: Mutex::new(HashMap::new()) }),
-            regions,
-            default_region,
-        }
+        let clients = Arc::new(Clients { base, sts, built: Mutex::new(HashMap::new()) });
+        Self { clients, regions: Arc::default(), default_region }
+    }
+
+    /// Shares the bucket regions learnt here with the rest of the process
+    /// (connection checks and signing learn and use them too).
+    pub fn sharing_regions(mut self, regions: Arc<BucketRegions>) -> Self {
+        self.regions = regions;
+        self
     }
 
     /// A source for the request's bucket. Assumes the role first, so that a
