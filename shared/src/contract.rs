@@ -297,12 +297,7 @@ fn validate(value: &Value, options: ValidationOptions) -> Check<ImportRequest> {
         "copy" => Mode::Copy,
         other => return Err(format!("field `mode` is {other:?}: use \"link\" or \"copy\"")),
     };
-    let source_value =
-        top.get("source").ok_or("field `source` is missing: name the bucket to import from")?;
-    let source_map = source_value
-        .as_object()
-        .ok_or("field `source` is not an object: give provider, bucket and the provider's fields")?;
-    let (source, prefixes) = validate_source(source_map, options)?;
+    let (source, prefixes) = validate_source_value(top.get("source"), options)?;
     let filter = match top.get("filter") {
         None => Filter { extensions: default_extensions(), max_object_bytes: DEFAULT_MAX_OBJECT_BYTES },
         Some(f) => validate_filter(f)?,
@@ -391,6 +386,20 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
+/// Validates a `source` object by the rules of §2, alone (the connection
+/// checks of §9 take one without a request around it) or inside an
+/// ImportRequest: one function for both. Prefixes come back merged.
+pub fn validate_source_value(
+    value: Option<&Value>,
+    options: ValidationOptions,
+) -> Result<(Source, Vec<String>), String> {
+    let value = value.ok_or("field `source` is missing: name the bucket to import from")?;
+    let map = value
+        .as_object()
+        .ok_or("field `source` is not an object: give provider, bucket and the provider's fields")?;
+    validate_source(map, options)
+}
+
 fn validate_source(map: &Map<String, Value>, options: ValidationOptions) -> Check<(Source, Vec<String>)> {
     let provider = required_str(map, "source.", "provider")?;
     let source = match provider {
@@ -421,10 +430,8 @@ fn validate_source(map: &Map<String, Value>, options: ValidationOptions) -> Chec
                 "an IAM role ARN such as arn:aws:iam::111122223333:role/platform-import",
             )?;
             let external_id = required_str(map, "source.", "external_id")?;
-            let ok = (2..=1224).contains(&external_id.len())
-                && external_id.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@:/-_".contains(c));
             check(
-                ok,
+                external_id_ok(external_id),
                 "source.external_id",
                 external_id,
                 "the workspace's ExternalId (2-1224 characters of letters, digits and +=,.@:/-_)",
@@ -512,13 +519,19 @@ fn check(ok: bool, field: &str, value: &str, expected: &str) -> Check<()> {
     }
 }
 
-fn s3_bucket_ok(b: &str) -> bool {
+/// An S3 bucket name by AWS's rules (also for `tetherctl setup aws`).
+pub fn s3_bucket_ok(b: &str) -> bool {
     (3..=63).contains(&b.len())
         && b.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
         && b.starts_with(|c: char| c.is_ascii_alphanumeric())
         && b.ends_with(|c: char| c.is_ascii_alphanumeric())
         && !b.contains("..")
         && b.parse::<std::net::Ipv4Addr>().is_err()
+}
+
+/// An ExternalId as STS accepts it: 2-1224 characters of letters, digits and `+=,.@:/-_`.
+pub fn external_id_ok(id: &str) -> bool {
+    (2..=1224).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@:/-_".contains(c))
 }
 
 fn gcs_bucket_ok(b: &str) -> bool {

@@ -17,6 +17,7 @@
 //! - [`telemetry`]: logging set-up and the metrics every process exposes.
 //! - [`shutdown`]: one cancellation token flipped by SIGTERM / SIGINT.
 
+pub mod checks;
 pub mod config;
 pub mod contract;
 pub mod credentials;

@@ -1,7 +1,9 @@
 //! A fault-injecting HTTP proxy of the project's own, put between the
 //! workers and the storage emulator: a share of requests is answered
 //! `503 SlowDown`, another share has its connection dropped, the rest is
-//! forwarded untouched.
+//! forwarded untouched. It can also play S3's region rule, which moto does
+//! not enforce: a request signed for another region than the bucket's is
+//! refused the way S3 refuses it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,6 +29,9 @@ pub struct Faults {
     pub reset: f64,
     /// Answered `400 ExpiredToken`: the session expired (or was revoked).
     pub expired_token: f64,
+    /// The region of every bucket behind the proxy: a request signed for
+    /// another is refused (see [`misdirected`]).
+    pub bucket_region: Option<&'static str>,
 }
 
 /// What the proxy did so far.
@@ -36,6 +41,8 @@ pub struct Counts {
     pub slowed_down: AtomicU64,
     pub reset: AtomicU64,
     pub expired: AtomicU64,
+    /// Refused for being signed for the wrong region.
+    pub misdirected: AtomicU64,
 }
 
 /// A running proxy; stops when dropped.
@@ -108,6 +115,10 @@ async fn handle(
     counts: Arc<Counts>,
     faults: Faults,
 ) -> Result<Response<ProxyBody>, Dropped> {
+    if let Some(response) = faults.bucket_region.and_then(|region| misdirected(&request, region)) {
+        counts.misdirected.fetch_add(1, Ordering::Relaxed);
+        return Ok(response);
+    }
     let roll: f64 = rand::random();
     if roll < faults.reset {
         counts.reset.fetch_add(1, Ordering::Relaxed);
@@ -142,6 +153,45 @@ async fn handle(
             Ok(response)
         }
     }
+}
+
+/// S3's answer to a request signed for another region than the bucket's
+/// `region` (`GetBucketLocation` is answered in every region): a request
+/// signed for us-east-1 gets `301 PermanentRedirect` with the
+/// `x-amz-bucket-region` header, as from S3's global endpoint; any other
+/// region gets `400 AuthorizationHeaderMalformed` naming the region only in
+/// its body.
+fn misdirected(request: &Request<Incoming>, region: &'static str) -> Option<Response<ProxyBody>> {
+    if request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "location" || p == "location=")) {
+        return None;
+    }
+    let authorization = request.headers().get("authorization")?.to_str().ok()?;
+    let scope = authorization.split("Credential=").nth(1)?.split(',').next()?;
+    let signed_for = scope.split('/').nth(2)?;
+    if signed_for == region {
+        return None;
+    }
+    let head = request.method() == hyper::Method::HEAD;
+    let (status, body) = if signed_for == "us-east-1" {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>PermanentRedirect</Code>\
+                    <Message>The bucket you are attempting to access must be addressed using the specified endpoint.</Message></Error>";
+        (StatusCode::MOVED_PERMANENTLY, body.to_owned())
+    } else {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AuthorizationHeaderMalformed</Code>\
+             <Message>The authorization header is malformed; the region '{signed_for}' is wrong; expecting '{region}'</Message>\
+             <Region>{region}</Region></Error>"
+        );
+        (StatusCode::BAD_REQUEST, body)
+    };
+    let body = if head { String::new() } else { body };
+    let mut response =
+        Response::new(Full::new(Bytes::from(body)).map_err(|never: Infallible| match never {}).boxed());
+    *response.status_mut() = status;
+    if status == StatusCode::MOVED_PERMANENTLY {
+        response.headers_mut().insert("x-amz-bucket-region", hyper::header::HeaderValue::from_static(region));
+    }
+    Some(response)
 }
 
 fn full(text: &'static str) -> ProxyBody {

@@ -6,10 +6,15 @@
 //! Impersonated tokens live an hour; they are cached per service account and
 //! renewed `refresh_margin` before they expire, one call at a time per
 //! account however many pages ask at once.
+//!
+//! Signing as a service account (V4 signed URLs, connection checks) is the
+//! IAM Credentials `signBlob` call, made with Tether's own identity: Tether
+//! never holds the account's key.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use gcp_auth::TokenProvider;
@@ -45,6 +50,12 @@ impl std::fmt::Debug for GcpTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GcpTokens").field("refresh_margin", &self.refresh_margin).finish_non_exhaustive()
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SignedBlob {
+    signed_blob: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -97,32 +108,38 @@ impl GcpTokens {
         Ok(token)
     }
 
-    /// Signs `payload` as the service account `account` (RSA-SHA256 with one
-    /// of its Google-managed keys) through IAM Credentials `signBlob`, with
-    /// Tether's own identity: how V4 URLs are signed for an account whose
-    /// key Tether does not hold. One call per signature, so callers cache.
+    /// Forgets an impersonated token that Cloud Storage refused before its time.
+    pub async fn invalidate(&self, account: &str) {
+        self.impersonated.invalidate(&account.to_owned()).await;
+    }
+
+    async fn impersonate(&self, account: &str) -> Result<Cached, CredentialError> {
+        let body = serde_json::json!({ "scope": [STORAGE_SCOPE], "lifetime": IMPERSONATION_LIFETIME });
+        let generated: GeneratedToken =
+            self.iam_credentials(account, "generateAccessToken", &body, "impersonate").await?;
+        Ok(Cached { token: Secret::new(generated.access_token), expires: generated.expire_time })
+    }
+
+    /// Signs `payload` as the service account `account` (RSA SHA-256 with
+    /// one of its Google-managed keys), through IAM Credentials `signBlob`.
     pub async fn sign_blob(&self, account: &str, payload: &[u8]) -> Result<Vec<u8>, CredentialError> {
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Signed {
-            signed_blob: String,
-        }
-        let engine = base64::engine::general_purpose::STANDARD;
-        let body = serde_json::json!({ "payload": engine.encode(payload) });
-        let signed: Signed = self.iam(account, "signBlob", "sign as", &body).await?;
-        engine.decode(signed.signed_blob).map_err(|_| {
-            CredentialError::Unavailable("IAM Credentials sent a signature that is not base64".into())
+        let body = serde_json::json!({ "payload": BASE64.encode(payload) });
+        let signed: SignedBlob = self.iam_credentials(account, "signBlob", &body, "sign as").await?;
+        BASE64.decode(signed.signed_blob).map_err(|e| {
+            CredentialError::Unavailable(format!(
+                "IAM Credentials answered signBlob with a signature that is not base64: {e}"
+            ))
         })
     }
 
-    /// Calls the IAM Credentials `method` on `account` with Tether's own
-    /// identity; a refusal says Tether may not `what` the account.
-    async fn iam<T: serde::de::DeserializeOwned>(
+    /// Calls the IAM Credentials method `method` on `account` with Tether's
+    /// own identity; `verb` says what a refusal did not allow.
+    async fn iam_credentials<T: serde::de::DeserializeOwned>(
         &self,
         account: &str,
         method: &str,
-        what: &str,
         body: &serde_json::Value,
+        verb: &str,
     ) -> Result<T, CredentialError> {
         let own = self.own(CLOUD_PLATFORM_SCOPE).await?;
         let url = format!("{IAM_CREDENTIALS}/projects/-/serviceAccounts/{account}:{method}");
@@ -133,28 +150,17 @@ impl GcpTokens {
                     e.without_url()
                 ))
             })?;
-        match response.status().as_u16() {
+        let status = response.status().as_u16();
+        match status {
             200 => response.json().await.map_err(|e| {
                 CredentialError::Unavailable(format!("IAM Credentials answered unreadably: {}", e.without_url()))
             }),
             403 | 404 => Err(CredentialError::Refused {
                 sentence: format!(
-                    "Tether may not {what} the service account {account}: check that it exists and that the platform granted Tether's service account roles/iam.serviceAccountTokenCreator on it"
+                    "Tether may not {verb} the service account {account}: check that it exists and that the platform granted Tether's service account roles/iam.serviceAccountTokenCreator on it"
                 ),
             }),
-            status => Err(CredentialError::Unavailable(format!("IAM Credentials answered {status}"))),
+            _ => Err(CredentialError::Unavailable(format!("IAM Credentials answered {method} with {status}"))),
         }
-    }
-
-    /// Forgets an impersonated token that Cloud Storage refused before its time.
-    pub async fn invalidate(&self, account: &str) {
-        self.impersonated.invalidate(&account.to_owned()).await;
-    }
-
-    async fn impersonate(&self, account: &str) -> Result<Cached, CredentialError> {
-        let body = serde_json::json!({ "scope": [STORAGE_SCOPE], "lifetime": IMPERSONATION_LIFETIME });
-        let generated: GeneratedToken =
-            self.iam(account, "generateAccessToken", "impersonate", &body).await?;
-        Ok(Cached { token: Secret::new(generated.access_token), expires: generated.expire_time })
     }
 }

@@ -5,7 +5,7 @@
 //! margin before it expires, because a long import outlives one session.
 
 pub mod gcp;
-mod slots;
+pub(crate) mod slots;
 pub mod sts;
 
 /// Why credentials for a customer's bucket could not be had.

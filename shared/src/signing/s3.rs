@@ -71,9 +71,9 @@ pub(crate) async fn presign_get(
 #[async_trait::async_trait]
 impl Signer for S3Bucket {
     async fn sign_get(&self, key: &str, validity: Validity) -> Result<SignedUrl, SignError> {
-        let (client, bucket, sts, role) = self.parts();
+        let (client, sts, role) = self.signing_parts();
         let session = sts.credentials(role).await?;
-        presign_get(client, bucket, key, validity, &session).await
+        presign_get(&client, self.name(), key, validity, &session).await
     }
 }
 

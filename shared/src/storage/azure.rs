@@ -75,7 +75,7 @@ impl ObjectSource for AzureContainer {
                 url.push_str(&format!("&{name}={}", utf8_percent_encode(value, UNRESERVED)));
             }
         }
-        let response = self.call(Method::GET, url, None, None).await?;
+        let response = self.call(Method::GET, url, &[]).await?;
         if !response.status().is_success() {
             return Err(self.refused(response, None).await);
         }
@@ -97,11 +97,14 @@ impl ObjectSource for AzureContainer {
         etag: Option<&str>,
         range: Option<ByteRange>,
     ) -> Result<ObjectBody, StorageError> {
-        let url = format!("{}/{}", self.container_url, utf8_percent_encode(key, PATH));
-        let response = self.call(Method::GET, url.clone(), etag, range).await?;
+        let url = self.blob_url(key);
+        let if_match = etag.map(|etag| ("If-Match", format!("\"{etag}\"")));
+        let range = range.map(|range| ("x-ms-range", range.header()));
+        let headers: Vec<_> = if_match.into_iter().chain(range).collect();
+        let response = self.call(Method::GET, url.clone(), &headers).await?;
         if response.status() == StatusCode::PRECONDITION_FAILED {
             // A deleted blob also fails If-Match (Azurite): tell the two apart.
-            let now = self.call(Method::HEAD, url, None, None).await?;
+            let now = self.call(Method::HEAD, url, &[]).await?;
             return Err(self
                 .refused(if now.status() == StatusCode::NOT_FOUND { now } else { response }, Some(key))
                 .await);
@@ -119,23 +122,37 @@ impl ObjectSource for AzureContainer {
 }
 
 impl AzureContainer {
-    /// Calls `url` with the SAS token appended (and `If-Match` and
-    /// `x-ms-range` when given).
+    fn blob_url(&self, key: &str) -> String {
+        format!("{}/{}", self.container_url, utf8_percent_encode(key, PATH))
+    }
+
+    /// Reads the first byte of `key`: proof that the token may read blobs,
+    /// without downloading one (a connection check).
+    pub(crate) async fn first_byte(&self, key: &str) -> Result<(), StorageError> {
+        let range = ("x-ms-range", "bytes=0-0".to_owned());
+        let response = self.call(Method::GET, self.blob_url(key), &[range]).await?;
+        match response.status() {
+            status if status.is_success() => {
+                response.bytes().await.map(drop).map_err(|e| unreachable("Azure", &e))
+            }
+            // An empty blob has no first byte, but it was readable.
+            StatusCode::RANGE_NOT_SATISFIABLE => Ok(()),
+            _ => Err(self.refused(response, Some(key)).await),
+        }
+    }
+
+    /// Calls `url` with the SAS token appended, and `headers`.
     async fn call(
         &self,
         method: Method,
         mut url: String,
-        if_match: Option<&str>,
-        range: Option<ByteRange>,
+        headers: &[(&'static str, String)],
     ) -> Result<Response, StorageError> {
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(self.sas.expose());
         let mut request = self.http.request(method, url).header("x-ms-version", API_VERSION);
-        if let Some(etag) = if_match {
-            request = request.header("If-Match", format!("\"{etag}\""));
-        }
-        if let Some(range) = range {
-            request = request.header("x-ms-range", range.header());
+        for (name, value) in headers {
+            request = request.header(*name, value);
         }
         request.send().await.map_err(|e| unreachable("Azure", &e))
     }

@@ -217,7 +217,7 @@ impl ObjectSource for GcsBucket {
         etag: Option<&str>,
         range: Option<ByteRange>,
     ) -> Result<ObjectBody, StorageError> {
-        let url = self.api.url(&format!("/storage/v1/b/{}/o/{}", segment(&self.bucket), segment(key)));
+        let url = self.object_url(key);
         let response = self
             .api
             .send(
@@ -256,6 +256,31 @@ impl ObjectSource for GcsBucket {
 }
 
 impl GcsBucket {
+    fn object_url(&self, key: &str) -> String {
+        self.api.url(&format!("/storage/v1/b/{}/o/{}", segment(&self.bucket), segment(key)))
+    }
+
+    /// Reads the first byte of `key`: proof that the account may read
+    /// objects, without downloading one (a connection check).
+    pub(crate) async fn first_byte(&self, key: &str) -> Result<(), StorageError> {
+        let url = self.object_url(key);
+        let response = self
+            .api
+            .send(
+                || self.api.http().get(&url).query(&[("alt", "media")]).header("range", "bytes=0-0"),
+                self.impersonate.as_deref(),
+            )
+            .await?;
+        match response.status() {
+            status if status.is_success() => {
+                response.bytes().await.map(drop).map_err(|e| unreachable("GCS", &e))
+            }
+            // An empty object has no first byte, but it was readable.
+            StatusCode::RANGE_NOT_SATISFIABLE => Ok(()),
+            _ => Err(self.refused(response, "", Some(key)).await),
+        }
+    }
+
     /// What a refusal means; `key` is set for reads.
     async fn refused(&self, response: Response, prefix: &str, key: Option<&str>) -> StorageError {
         let status = response.status().as_u16();
