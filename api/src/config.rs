@@ -7,10 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tether_shared::config::LogFormat;
+use tether_shared::config::{LogFormat, StoresConfig};
 use tether_shared::contract::Secret;
 use tether_shared::secrets::SecretsKey;
-use tether_shared::storage::azure;
 
 use crate::auth::Tokens;
 
@@ -74,15 +73,9 @@ pub struct ApiConfig {
     /// roles whose maximum is lower.
     #[arg(long, env = "TETHER_STS_SESSION_SECS", default_value_t = tether_shared::credentials::sts::SESSION_SECONDS)]
     pub sts_session_secs: i32,
-    /// A GCS emulator (`http://host:port`); unset, the real GCS.
-    #[arg(long, env = "STORAGE_EMULATOR_HOST")]
-    pub storage_emulator_host: Option<String>,
-    /// Azure Blob endpoint template with `{account}` in it.
-    #[arg(long, env = "TETHER_AZURE_BLOB_ENDPOINT", default_value = azure::DEFAULT_ENDPOINT)]
-    pub azure_blob_endpoint: String,
-    /// Path-style S3 addressing, for S3-compatible stores.
-    #[arg(long, env = "TETHER_S3_FORCE_PATH_STYLE", default_value_t = false, action = clap::ArgAction::Set)]
-    pub s3_force_path_style: bool,
+    /// Where the stores are (emulators, path-style S3, the Azure endpoint).
+    #[command(flatten)]
+    pub stores: StoresConfig,
     /// Where copies are (as the workers' TETHER_DESTINATION); copies are read
     /// and signed only inside it. Unset: copies cannot be served.
     #[arg(long, env = "TETHER_DESTINATION")]

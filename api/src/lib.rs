@@ -114,11 +114,12 @@ pub async fn serve(
     let refresh_margin = Duration::from_secs(config.sts_refresh_margin_secs);
     let http = tether_shared::storage::http_client(Duration::from_secs(60)).map_err(RunError::Http)?;
     let gcp_tokens = Arc::new(GcpTokens::new(http.clone(), refresh_margin));
-    let gcs = GcsApi::new(http.clone(), config.storage_emulator_host.as_deref(), Arc::clone(&gcp_tokens));
+    let gcs =
+        GcsApi::new(http.clone(), config.stores.storage_emulator_host.as_deref(), Arc::clone(&gcp_tokens));
     let destination = match &config.destination {
         Some(url) => {
             let parts = Parts::new(destination::s3::MIN_PART_BYTES, 1, destination::s3::MIN_PART_BYTES);
-            Some(destination::open(url, &sdk, config.s3_force_path_style, &gcs, parts).await?)
+            Some(destination::open(url, &sdk, config.stores.s3_force_path_style, &gcs, parts).await?)
         }
         None => None,
     };
@@ -132,14 +133,14 @@ pub async fn serve(
         origins: checked.origins,
         content: ContentKeys::new(&checked.secrets_key, &config.previous_secrets_keys),
         sources: Sources::new(
-            S3Sources::new(&sdk, Arc::new(sts), config.s3_force_path_style),
+            S3Sources::new(&sdk, Arc::new(sts), config.stores.s3_force_path_style),
             GcsSources::new(gcs.clone()),
-            AzureSources::new(http, Some(&config.azure_blob_endpoint)),
+            AzureSources::new(http, Some(&config.stores.azure_blob_endpoint)),
             Some(checked.secrets_key),
         ),
         destination,
         signing: Signing {
-            own_s3: Arc::new(OwnS3::new(&sdk, config.s3_force_path_style, refresh_margin)),
+            own_s3: Arc::new(OwnS3::new(&sdk, config.stores.s3_force_path_style, refresh_margin)),
             gcs: GcsSigning::new(&gcs, own_key, gcp_tokens),
             cache: SignatureCache::default(),
         },

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tether_api::ApiConfig;
-use tether_shared::config::LogFormat;
+use tether_shared::config::{LogFormat, StoresConfig};
 use tether_shared::contract::Secret;
 use tether_tests::api::{free_port, API_TOKEN};
 use tether_tests::{TestEnv, TEST_SECRETS_KEY};
@@ -46,9 +46,12 @@ fn config(database_url: &str, metrics_port: u16) -> ApiConfig {
         log_format: LogFormat::Text,
         sts_refresh_margin_secs: 900,
         sts_session_secs: 21_600,
-        storage_emulator_host: None,
-        azure_blob_endpoint: "http://127.0.0.1:1/{account}".into(),
-        s3_force_path_style: true,
+        stores: StoresConfig {
+            s3_force_path_style: true,
+            storage_emulator_host: None,
+            azure_blob_endpoint: "http://127.0.0.1:1/{account}".into(),
+            gcs_allow_own_identity: false,
+        },
         destination: None,
         google_application_credentials: None,
     }
