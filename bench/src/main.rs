@@ -207,8 +207,11 @@ fn report(measurements: &[Measurement]) -> Value {
         }
     }
     if measurements.iter().any(|m| m.tool == "tether") {
-        let worker_peak =
-            measurements.iter().filter(|m| m.tool == "tether").map(|m| m.peak_rss("worker")).fold(0.0, f64::max);
+        let worker_peak = measurements
+            .iter()
+            .filter(|m| m.tool == "tether")
+            .map(|m| m.peak_rss("worker"))
+            .fold(0.0, f64::max);
         target("worker peak RSS in all runs, MiB".into(), worker_peak, "<= 150", worker_peak <= 150.0);
     }
     let tool = |run: &str, tool: &str| measurements.iter().find(|m| m.run == run && m.tool == tool);
