@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tether_shared::checks::Checker;
 use tether_shared::credentials::gcp::GcpTokens;
 use tether_shared::credentials::sts::StsCredentials;
 use tether_shared::db::{DbError, Store};
@@ -35,7 +36,7 @@ use tether_shared::signing::gcs::{GcsSigning, ServiceAccountKey};
 use tether_shared::signing::s3::OwnS3;
 use tether_shared::storage::azure::AzureSources;
 use tether_shared::storage::gcs::{GcsApi, GcsSources};
-use tether_shared::storage::s3::S3Sources;
+use tether_shared::storage::s3::{BucketRegions, S3Sources};
 use tether_shared::storage::Sources;
 use tether_shared::telemetry::{self, Readiness};
 use tokio::net::TcpListener;
@@ -86,6 +87,10 @@ pub(crate) struct AppState {
     /// `TETHER_DESTINATION`, where copies are read and signed.
     destination: Option<Arc<dyn Destination>>,
     signing: Signing,
+    /// Connection checks with Tether's own identities (contract §9).
+    checker: Checker,
+    /// Tether's own AWS configuration (its principal, for set-up policies).
+    sdk: aws_config::SdkConfig,
     /// One permit per proxied stream.
     streams: Arc<Semaphore>,
 }
@@ -125,6 +130,11 @@ pub async fn serve(
     };
     let sts = StsCredentials::new(aws_sdk_sts::Client::new(&sdk), refresh_margin)
         .with_session_seconds(config.sts_session_secs);
+    // What a check learns of a bucket's region, signing uses, and the other
+    // way round.
+    let regions = Arc::new(BucketRegions::default());
+    let checker = Checker::new(&sdk, &config.stores, &checked.origins, Arc::clone(&regions))
+        .map_err(|e| RunError::Config(e.to_string()))?;
     let state = Arc::new(AppState {
         store: store.clone(),
         tokens: checked.tokens,
@@ -133,7 +143,7 @@ pub async fn serve(
         origins: checked.origins,
         content: ContentKeys::new(&checked.secrets_key, &config.previous_secrets_keys),
         sources: Sources::new(
-            S3Sources::new(&sdk, Arc::new(sts), config.stores.s3_force_path_style),
+            S3Sources::new(&sdk, Arc::new(sts), config.stores.s3_force_path_style).sharing_regions(regions),
             GcsSources::new(gcs.clone()),
             AzureSources::new(http, Some(&config.stores.azure_blob_endpoint)),
             Some(checked.secrets_key),
@@ -144,6 +154,8 @@ pub async fn serve(
             gcs: GcsSigning::new(&gcs, own_key, gcp_tokens),
             cache: SignatureCache::default(),
         },
+        checker,
+        sdk,
         streams: Arc::new(Semaphore::new(config.max_streams)),
     });
     if let Some(addr) = config.metrics_addr {

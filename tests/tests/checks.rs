@@ -481,3 +481,115 @@ async fn tetherctl_reads_tethers_aws_identity_for_setup_and_check() {
     assert!(out.contains("region   eu-central-1") && out.contains("ok: no check failed"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Tether's own AWS identity on the auth moto, as tether-api's environment.
+fn tether_aws_env(customer: &Customer) -> Vec<(&'static str, String)> {
+    let (key_id, secret) = customer.account.tether_keys();
+    vec![
+        ("AWS_ENDPOINT_URL_S3", customer.account.url.clone()),
+        ("AWS_ENDPOINT_URL_STS", customer.account.url.clone()),
+        ("AWS_ACCESS_KEY_ID", key_id.to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", secret.to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("TETHER_API_ALLOWED_ORIGINS", ORIGIN.to_owned()),
+    ]
+}
+
+#[tokio::test]
+async fn tether_api_checks_a_bucket_and_writes_its_set_up() {
+    let customer = Customer::new(true, true).await;
+    customer.allow_origin(ORIGIN).await;
+    let env = TestEnv::new().await;
+    let api = env.spawn_api(&tether_aws_env(&customer)).await;
+    let url = format!("{}/v1/workspaces/acme/connection-checks", api.base);
+    let post = |body: String, token: Option<&str>, content_type: &str| {
+        let mut request = api.http.post(&url).header("content-type", content_type).body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let token = Some(tether_tests::api::API_TOKEN);
+
+    let body = json!({ "source": customer.source(&["img/"]), "mode": "link" }).to_string();
+    let response = post(body.clone(), token, "application/json").await.expect("tether-api answers");
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.expect("a JSON report");
+    let names: Vec<&str> =
+        report["checks"].as_array().expect("checks").iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["assume_role", "session_duration", "external_id_required", "bucket_region", "list", "read", "cors"]
+    );
+    assert_eq!(
+        (report["ok"].as_bool(), report["region"].as_str()),
+        (Some(true), Some("eu-central-1")),
+        "{report}"
+    );
+    assert!(report["checks"].as_array().into_iter().flatten().all(|c| c["status"] == "pass"), "{report}");
+
+    let response = post(body.clone(), None, "application/json").await.expect("answers");
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    let response = post(body, token, "text/plain").await.expect("answers");
+    assert_eq!(response.status(), 415);
+    let mut bad = customer.source(&["img/"]);
+    bad["bucket"] = json!("Not_A_Bucket");
+    for (body, names) in [
+        (json!({ "source": bad }).to_string(), "source.bucket"),
+        (json!({ "source": customer.source(&[]), "extra": 1 }).to_string(), "extra"),
+        (json!({ "source": customer.source(&["img/"]), "origin": "*" }).to_string(), "origin"),
+        ("{".to_owned(), "JSON"),
+    ] {
+        let response = post(body, token, "application/json").await.expect("answers");
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().await.expect("the error object");
+        assert_eq!(error["error"]["code"], "invalid_request", "{error}");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(names), "{names}: {message}");
+    }
+
+    let setup = |query: String| {
+        api.http
+            .get(format!("{}/v1/setup/aws?{query}", api.base))
+            .bearer_auth(tether_tests::api::API_TOKEN)
+            .send()
+    };
+    let response = setup(format!("bucket={}&prefix=img/*&external_id={EXTERNAL_ID}", customer.bucket))
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 200);
+    let policies: Value = response.json().await.expect("JSON policies");
+    assert_eq!(
+        policies["trust_policy"], customer.policies["trust_policy"],
+        "the same trust policy as tetherctl's"
+    );
+    assert_eq!(
+        policies["permission_policy"]["Statement"][2]["Resource"],
+        format!("arn:aws:s3:::{}/img/${{*}}*", customer.bucket)
+    );
+    assert_eq!(policies["cors_rules"]["CORSRules"][0]["AllowedOrigins"][0], ORIGIN);
+    for (query, names) in [
+        (format!("bucket={}", customer.bucket), "external_id"),
+        (format!("bucket=Bad&external_id={EXTERNAL_ID}"), "bucket"),
+        (format!("bucket={}&external_id={EXTERNAL_ID}&regoin=x", customer.bucket), "regoin"),
+    ] {
+        let response = setup(query).await.expect("answers");
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().await.expect("the error object");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(names), "{names}: {message}");
+    }
+    let document: Value = api
+        .http
+        .get(format!("{}/v1/openapi.json", api.base))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("JSON");
+    for path in ["/v1/workspaces/{workspace_id}/connection-checks", "/v1/setup/aws"] {
+        assert!(document["paths"][path].is_object(), "{path} is not in the OpenAPI document");
+    }
+}

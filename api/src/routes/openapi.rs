@@ -11,16 +11,16 @@ use axum::Router;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{content, signed_urls};
+use super::{checks, content, signed_urls};
 use crate::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "tether-api",
-        description = "Short-lived URLs for images imported by Tether: signed URLs of the customer's store or of the platform's storage (direct), and Tether's own signed proxy URLs (proxy)."
+        description = "Short-lived URLs for images imported by Tether: signed URLs of the customer's store or of the platform's storage (direct), and Tether's own signed proxy URLs (proxy); connection checks of a customer's bucket and the AWS policies that set it up."
     ),
-    paths(signed_urls::sign, content::content),
+    paths(signed_urls::sign, content::content, checks::check, checks::setup_aws),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&Bearer)
 )]

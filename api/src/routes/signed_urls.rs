@@ -10,14 +10,12 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tether_shared::contract::is_identifier;
 use tether_shared::db::access::AccessImage;
 use tether_shared::signing::{SignedUrl, Validity};
 use tether_shared::telemetry::metrics;
@@ -25,12 +23,11 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use uuid::Uuid;
 
+use super::{json_body, workspace};
 use crate::error::{ApiError, ErrorBody};
 use crate::urls::{self, Delivery, Refused};
 use crate::AppState;
 
-/// Largest request body (contract §8: larger is 413).
-pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub(crate) const MAX_IDS: usize = 1000;
 pub(crate) const MIN_EXPIRES_IN: u32 = 60;
 pub(crate) const MAX_EXPIRES_IN: u32 = 43_200;
@@ -41,7 +38,7 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 pub(crate) fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/workspaces/{workspace_id}/signed-urls", post(sign))
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(super::MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, ANSWER_WITHIN))
 }
 
@@ -108,23 +105,8 @@ pub(crate) async fn sign(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SignedUrls>, ApiError> {
-    if !is_identifier(&workspace_id) {
-        return Err(ApiError::InvalidRequest(
-            "The workspace id in the path is not one: use 1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit".into(),
-        ));
-    }
-    let json = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
-    if !json {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
-        _ => ApiError::InvalidRequest("The request body could not be read: send it again".into()),
-    })?;
+    workspace(&workspace_id)?;
+    let body = json_body(&headers, body)?;
     let request = parse(&body)?;
     let delivery = request.delivery.unwrap_or(Delivery::Direct);
     let images = state.store.images_for_access(Some(&workspace_id), &request.image_ids).await?;

@@ -50,6 +50,7 @@ const PAGE_KEYS: u32 = 100;
 
 /// How one check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pass,
@@ -73,6 +74,7 @@ impl Status {
 /// One check of the report: for anything but a pass, its message names what
 /// to change and where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Check {
     pub name: &'static str,
     pub status: Status,
@@ -111,6 +113,7 @@ fn sentence(mut message: String) -> String {
 
 /// The answer of §9: every check of the provider, once, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Report {
     /// No check failed.
     pub ok: bool,
@@ -362,8 +365,12 @@ async fn list_and_read(
     no_read: Option<&str>,
     clock: &Clock,
 ) -> [Check; 2] {
-    let listed: Vec<_> = futures_util::stream::iter(prefixes)
-        .map(|prefix| async move { (prefix, clock.within(first_object(probe, prefix)).await) })
+    // Owned prefixes: a stream of borrowed ones makes this future not `Send` for axum's handlers.
+    let listed: Vec<_> = futures_util::stream::iter(prefixes.iter().cloned())
+        .map(|prefix| async move {
+            let result = clock.within(first_object(probe, &prefix)).await;
+            (prefix, result)
+        })
         .buffered(PREFIXES_AT_ONCE)
         .collect()
         .await;
@@ -371,9 +378,9 @@ async fn list_and_read(
     for (prefix, result) in listed {
         match result {
             Some(Ok(Some(key))) => first = first.or(Some(key)),
-            Some(Ok(None)) => empty.push(source.url(prefix)),
+            Some(Ok(None)) => empty.push(source.url(&prefix)),
             Some(Err(error)) => failed.push(error),
-            None => silent.push(source.url(prefix)),
+            None => silent.push(source.url(&prefix)),
         }
     }
     let of_all = |n: usize| {
