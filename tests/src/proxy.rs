@@ -43,6 +43,8 @@ pub struct Counts {
     pub expired: AtomicU64,
     /// Refused for being signed for the wrong region.
     pub misdirected: AtomicU64,
+    /// Forwarded requests that asked for a byte range.
+    pub ranged: AtomicU64,
 }
 
 /// A running proxy; stops when dropped.
@@ -141,6 +143,9 @@ async fn handle(
         return Ok(response);
     }
     counts.forwarded.fetch_add(1, Ordering::Relaxed);
+    if request.headers().contains_key(hyper::header::RANGE) {
+        counts.ranged.fetch_add(1, Ordering::Relaxed);
+    }
     let (mut parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let authority = upstream.authority().map_or("127.0.0.1", |a| a.as_str());

@@ -126,6 +126,10 @@ async fn copy_byte_for_byte(provider: Provider) {
     let mut worker = env.worker_config();
     worker.page_size = 5;
     worker.destination = Some(format!("file://{}", dir.display()));
+    // large.png is read as seven 1 MiB ranges, three at once, pinned to its version.
+    worker.copy_part_bytes = 1024 * 1024;
+    worker.copy_ranged_from_bytes = 0;
+    worker.copy_ranges_in_flight = 3;
     let fleet = env.start(vec![env.scheduler_config()], vec![worker]).await;
     let mut request = bucket.request(&env, "conf-copy", &["c/"]);
     request["mode"] = json!("copy");

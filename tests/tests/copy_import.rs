@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tether_tests::TestEnv;
+use tether_tests::proxy::{FaultProxy, Faults};
+use tether_tests::{service_var, TestEnv};
 
 /// Deterministic but varied bytes for an object.
 fn body(i: usize, len: usize) -> Vec<u8> {
@@ -162,6 +163,38 @@ async fn a_large_object_is_copied_intact_through_multipart() {
         head.e_tag()
     );
     assert!(env.get(bucket, key).await == big, "the copy differs from the source");
+    fleet.stop().await;
+}
+
+/// A large object is read as several ranged GETs at once (counted by a
+/// proxy in front of the store), joined in order and verified whole; a
+/// small one is read with one GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_object_is_read_in_ranges_at_once_and_lands_intact() {
+    let env = TestEnv::new().await;
+    let mut objects = BTreeMap::new();
+    objects.insert("ranged/big.tif".to_owned(), body(3, 23 * 1024 * 1024 + 17));
+    objects.insert("ranged/small.jpg".to_owned(), body(4, 4000));
+    futures_util::future::join_all(objects.iter().map(|(k, v)| env.put(k, v))).await;
+    let proxy = FaultProxy::start(&service_var("AWS_ENDPOINT_URL_S3"), Faults::default()).await;
+    let dir = env.destination_dir();
+    let fleet = env.start(vec![env.scheduler_config()], vec![]).await;
+    let _worker = env.spawn_worker_process(&[
+        ("AWS_ENDPOINT_URL_S3", proxy.url()),
+        ("TETHER_DESTINATION", format!("file://{}", dir.display())),
+        ("TETHER_COPY_PART_BYTES", (5 * 1024 * 1024).to_string()),
+        ("TETHER_COPY_RANGED_FROM_BYTES", "0".into()),
+        ("TETHER_COPY_RANGES_IN_FLIGHT", "3".into()),
+    ]);
+    let mut request = copy_request(&env, "ranged", &["ranged/"]);
+    request["filter"] = json!({"max_object_bytes": 100 * 1024 * 1024});
+    let status = env.wait_final_within(env.submit(&request).await, Duration::from_secs(120)).await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["bytes_copied"], objects.values().map(Vec::len).sum::<usize>() as i64);
+    assert_copied(&env, "ranged", &objects, &format!("file://{}/", dir.display())).await;
+    // 23 MiB in ranges of 5 MiB: five ranged GETs, none for the small one.
+    let ranged = proxy.counts.ranged.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(ranged, 5, "ranged GETs through the proxy");
     fleet.stop().await;
 }
 

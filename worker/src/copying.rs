@@ -16,6 +16,7 @@ use tether_shared::credentials::CredentialError;
 use tether_shared::db::tasks::{CopyItem, CopyOutcome, FailureRow, TaskContext};
 use tether_shared::db::DbError;
 use tether_shared::destination::{object_key, verified, Destination, DestinationError};
+use tether_shared::storage::ranged::RangedReads;
 use tether_shared::storage::{ObjectSource, StorageError};
 use tokio::sync::Semaphore;
 
@@ -27,18 +28,24 @@ pub(crate) struct Copier {
     destination: Arc<dyn Destination>,
     slots: Semaphore,
     max_attempts: usize,
+    ranged: RangedReads,
 }
 
 impl Copier {
-    pub(crate) fn new(destination: Arc<dyn Destination>, concurrency: usize, max_attempts: usize) -> Self {
-        Self { destination, slots: Semaphore::new(concurrency), max_attempts: max_attempts.max(1) }
+    pub(crate) fn new(
+        destination: Arc<dyn Destination>,
+        concurrency: usize,
+        max_attempts: usize,
+        ranged: RangedReads,
+    ) -> Self {
+        Self { destination, slots: Semaphore::new(concurrency), max_attempts: max_attempts.max(1), ranged }
     }
 
     /// Copies a batch; `Err` when an object's failure concerns the whole
     /// import (the bucket is gone, the role refused), which then fails once.
     async fn copy_all(
         &self,
-        source: &dyn ObjectSource,
+        source: &Arc<dyn ObjectSource>,
         request: &ImportRequest,
         items: &[CopyItem],
     ) -> Result<Vec<CopyOutcome>, StorageError> {
@@ -50,7 +57,7 @@ impl Copier {
 
     async fn copy_one(
         &self,
-        source: &dyn ObjectSource,
+        source: &Arc<dyn ObjectSource>,
         request: &ImportRequest,
         item: &CopyItem,
     ) -> Result<CopyOutcome, StorageError> {
@@ -61,7 +68,10 @@ impl Copier {
         let attempt = || async {
             attempts.fetch_add(1, Ordering::Relaxed);
             let _slot = self.slots.acquire().await.map_err(|e| DestinationError::Write(e.to_string()))?;
-            let body = source.read(&item.key, item.etag.as_deref(), None).await?;
+            let body = self
+                .ranged
+                .read(Arc::clone(source), &item.key, item.etag.as_deref(), size, url.clone())
+                .await?;
             self.destination.write(&key, size, verified(body, size, url.clone())).await
         };
         let backoff = ExponentialBuilder::default()
@@ -115,7 +125,7 @@ impl Worker {
                 return Ok(Outcome::Done);
             }
         };
-        let outcomes = match copier.copy_all(source.as_ref(), &task.request, items).await {
+        let outcomes = match copier.copy_all(&source, &task.request, items).await {
             Ok(outcomes) => outcomes,
             Err(error) => {
                 self.fail_import(task, &error).await?;

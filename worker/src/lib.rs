@@ -37,6 +37,7 @@ use tether_shared::destination::{self, DestinationError, Parts};
 use tether_shared::queue::{self, Link, QueueError};
 use tether_shared::storage::azure::{self, AzureSources};
 use tether_shared::storage::gcs::{GcsApi, GcsSources};
+use tether_shared::storage::ranged::RangedReads;
 use tether_shared::storage::s3::S3Sources;
 use tether_shared::storage::Sources;
 use tether_shared::task::{TaskKind, TaskMessage};
@@ -110,6 +111,17 @@ pub struct WorkerConfig {
     /// rather than exceed it (at least one part).
     #[arg(long, env = "TETHER_COPY_BUFFER_BYTES", default_value_t = 128 * 1024 * 1024)]
     pub copy_buffer_bytes: usize,
+    /// Objects of at least this many bytes are read as several ranged GETs
+    /// at once (`TETHER_COPY_PART_BYTES` each).
+    #[arg(long, env = "TETHER_COPY_RANGED_FROM_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub copy_ranged_from_bytes: u64,
+    /// Ranges of one large object read at once (1: one GET per object).
+    #[arg(long, env = "TETHER_COPY_RANGES_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub copy_ranges_in_flight: u16,
+    /// Memory for ranges read ahead of the copy, all copies together; where
+    /// it is spent, the next range is read when its turn comes.
+    #[arg(long, env = "TETHER_COPY_READ_AHEAD_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub copy_read_ahead_bytes: usize,
     /// At most this many objects per copy task.
     #[arg(long, env = "TETHER_COPY_BATCH_OBJECTS", default_value_t = 100)]
     pub copy_batch_objects: usize,
@@ -147,6 +159,18 @@ enum Outcome {
     Retry(Duration),
     /// Unreadable: dead-letter it for staff to inspect.
     GiveUp,
+}
+
+/// How large objects are read: ranges of one part, read ahead within their
+/// own budget.
+fn ranged_reads(config: &WorkerConfig) -> RangedReads {
+    let range_bytes = config.copy_part_bytes.max(1);
+    RangedReads {
+        from_bytes: config.copy_ranged_from_bytes,
+        range_bytes: range_bytes as u64,
+        parallel: config.copy_ranges_in_flight.into(),
+        budget: Arc::new(tokio::sync::Semaphore::new(config.copy_read_ahead_bytes / range_bytes)),
+    }
 }
 
 /// Runs a worker until `shutdown` is cancelled, then drains.
@@ -198,8 +222,14 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             max_objects: config.copy_batch_objects.max(1),
             max_bytes: config.copy_batch_bytes,
         },
-        copier: destination
-            .map(|d| copying::Copier::new(d, config.copy_concurrency.into(), config.copy_max_attempts)),
+        copier: destination.map(|d| {
+            copying::Copier::new(
+                d,
+                config.copy_concurrency.into(),
+                config.copy_max_attempts,
+                ranged_reads(&config),
+            )
+        }),
     });
     tracing::info!(kinds = ?config.kinds, concurrency = config.concurrency, copy_concurrency = config.copy_concurrency, "Worker started.");
 

@@ -99,8 +99,8 @@ impl ObjectSource for AzureContainer {
     ) -> Result<ObjectBody, StorageError> {
         let url = self.blob_url(key);
         let if_match = etag.map(|etag| ("If-Match", format!("\"{etag}\"")));
-        let range = range.map(|range| ("x-ms-range", range.header()));
-        let headers: Vec<_> = if_match.into_iter().chain(range).collect();
+        let range_header = range.map(|range| ("x-ms-range", range.header()));
+        let headers: Vec<_> = if_match.into_iter().chain(range_header).collect();
         let response = self.call(Method::GET, url.clone(), &headers).await?;
         if response.status() == StatusCode::PRECONDITION_FAILED {
             // A deleted blob also fails If-Match (Azurite): tell the two apart.
@@ -112,9 +112,11 @@ impl ObjectSource for AzureContainer {
         if !response.status().is_success() {
             return Err(self.refused(response, Some(key)).await);
         }
+        // A range's answer carries the whole blob's MD5 in its own header.
         let md5 = response
             .headers()
-            .get("content-md5")
+            .get("x-ms-blob-content-md5")
+            .or_else(|| response.headers().get("content-md5").filter(|_| range.is_none()))
             .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.as_bytes()).ok())
             .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok());
         Ok(http_body(response, md5, format!("{}/{key}", self.name)))

@@ -5,6 +5,7 @@
 
 pub mod azure;
 pub mod gcs;
+pub mod ranged;
 pub mod s3;
 
 use std::fmt;
@@ -110,9 +111,10 @@ pub struct ObjectBody {
     pub size: u64,
     /// The whole object's size, whatever part of it was read.
     pub total: u64,
-    /// The MD5 of the bytes, where the store vouches for one (an S3
-    /// single-part ETag without KMS or customer-key encryption); never for
-    /// a range.
+    /// The MD5 of the whole object, where the store vouches for one (an S3
+    /// single-part ETag without KMS or customer-key encryption, GCS's
+    /// `x-goog-hash`, Azure's blob MD5), also when only a range was read:
+    /// only a reader of every byte ([`ranged`]) can check it.
     pub md5: Option<[u8; 16]>,
     pub chunks: ByteChunks,
 }
@@ -316,8 +318,6 @@ pub(crate) fn http_body(response: reqwest::Response, md5: Option<[u8; 16]>, url:
     let size = response.content_length().unwrap_or(0);
     let content_range = response.headers().get(reqwest::header::CONTENT_RANGE);
     let total = range_total(content_range.and_then(|v| v.to_str().ok())).unwrap_or(size);
-    // The MD5 a store announces is the whole object's.
-    let md5 = md5.filter(|_| total == size);
     let chunks = futures_util::stream::unfold((response, url), |(mut response, url)| async move {
         match response.chunk().await {
             Ok(Some(chunk)) => Some((Ok(chunk), (response, url))),

@@ -397,15 +397,13 @@ impl S3Bucket {
             .send()
             .await
             .map_err(|e| self.failed(e, |e| self.classify_read(key, e)))?;
-        let size = output.content_length().unwrap_or(0);
-        let whole = range_total(output.content_range()).is_none_or(|total| i64::try_from(total) == Ok(size));
         // KMS- and customer-key-encrypted objects have ETags that are not MD5s.
         let plain = output.sse_customer_algorithm().is_none()
             && !matches!(
                 output.server_side_encryption(),
                 Some(ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse)
             );
-        let md5 = output.e_tag().filter(|_| plain && whole).and_then(etag_md5);
+        let md5 = output.e_tag().filter(|_| plain).and_then(etag_md5);
         Ok(object_body(output, md5, format!("s3://{}/{key}", self.bucket)))
     }
 }
