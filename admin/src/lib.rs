@@ -148,7 +148,8 @@ enum SetupProvider {
 /// Who takes a staff action, and why: recorded in the audit trail.
 #[derive(Debug, clap::Args)]
 struct Accountable {
-    /// Who is acting (default: the login name, LOGNAME or USER).
+    /// Who is acting (default: the login name: LOGNAME, USER, or the
+    /// account tetherctl runs as).
     #[arg(long)]
     actor: Option<String>,
     /// Why: the ticket, the cause that was fixed.
@@ -160,7 +161,12 @@ impl Accountable {
     /// The actor and the reason, checked: names and reasons are shown to
     /// other staff later, so they may not hold control characters.
     fn checked(&self) -> Result<(String, Option<&str>), CtlError> {
-        let login = || ["LOGNAME", "USER"].into_iter().find_map(|v| std::env::var(v).ok());
+        let login = || {
+            ["LOGNAME", "USER"]
+                .into_iter()
+                .find_map(|v| std::env::var(v).ok().filter(|name| !name.trim().is_empty()))
+                .or_else(|| whoami::username().ok())
+        };
         let actor = self.actor.clone().or_else(login).unwrap_or_default();
         let actor = actor.trim();
         if actor.is_empty() || actor.chars().count() > 128 || actor.chars().any(char::is_control) {

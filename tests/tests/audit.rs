@@ -16,7 +16,7 @@ async fn tetherctl(env: &TestEnv, args: &[&str]) -> ExitCode {
 }
 
 /// Runs the `tetherctl` binary (built by `make test`), to see exactly what
-/// it prints, as `login` when given (else with no login name at all).
+/// it prints, as `login` when given (else with neither LOGNAME nor USER).
 async fn tetherctl_process(env: &TestEnv, login: Option<&str>, args: &[&str]) -> Output {
     let binary = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tetherctl");
     let mut command = tokio::process::Command::new(&binary);
@@ -78,10 +78,18 @@ async fn staff_actions_are_audited_and_output_is_inert() {
     let cancelled = tetherctl_process(&env, Some("carol"), &["cancel", &id.to_string()]).await;
     assert_eq!(cancelled.status.code(), Some(1), "{}", String::from_utf8_lossy(&cancelled.stderr));
     // Without a name, nothing is done and nothing recorded.
-    let anonymous = tetherctl_process(&env, None, &["cancel", &id.to_string()]).await;
+    let anonymous = tetherctl_process(&env, None, &["cancel", &id.to_string(), "--actor", " "]).await;
     assert_eq!(anonymous.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&anonymous.stderr).contains("--actor"));
+    // Without --actor and LOGNAME, the account tetherctl runs as.
+    let process = tetherctl_process(&env, None, &["cancel", &id.to_string(), "--reason", "who am I"]).await;
+    assert_eq!(process.status.code(), Some(1));
 
+    let account =
+        String::from_utf8(std::process::Command::new("id").arg("-un").output().expect("id -un runs").stdout)
+            .expect("UTF-8")
+            .trim()
+            .to_owned();
     let trail = audit_json(&env, Some(id)).await;
     let summary: Vec<(&str, &str, Option<&str>)> = trail
         .iter()
@@ -99,6 +107,7 @@ async fn staff_actions_are_audited_and_output_is_inert() {
             ("submit", "alice", Some("first load, ticket 7")),
             ("requeue", "@bob", Some(formula)),
             ("cancel", "carol", None),
+            ("cancel", account.as_str(), Some("who am I")),
         ],
         "{trail:?}"
     );
@@ -113,7 +122,7 @@ async fn staff_actions_are_audited_and_output_is_inert() {
     let csv = String::from_utf8(csv.stdout).expect("UTF-8");
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines[0], "at,actor,action,import_id,reason,outcome");
-    assert_eq!(lines.len(), 4, "{csv}");
+    assert_eq!(lines.len(), 5, "{csv}");
     assert!(lines[2].contains(",'@bob,requeue,"), "{csv}");
     assert!(lines[2].contains(",\"'=HYPERLINK(\"\"http://evil.example\"\",\"\"ok\"\")\","), "{csv}");
 
@@ -137,7 +146,7 @@ async fn staff_actions_are_audited_and_output_is_inert() {
         tetherctl_process(&env, Some("carol"), &["requeue", &unknown.to_string(), "--reason", "typo?"]).await;
     assert_eq!(missing.status.code(), Some(1));
     let all = audit_json(&env, None).await;
-    assert_eq!(all.len(), 4, "{all:?}");
-    assert_eq!(all[3]["outcome"], json!(format!("not done: import {unknown} not found")));
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert_eq!(all[4]["outcome"], json!(format!("not done: import {unknown} not found")));
     fleet.stop().await;
 }
