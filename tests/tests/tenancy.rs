@@ -179,7 +179,8 @@ async fn two_workspaces_with_the_same_dataset_never_touch_each_others_rows() {
     assert_eq!(tetherctl(&env, &["cancel", &acme_big.to_string()]).await, ExitCode::SUCCESS);
     let cancelled = env.wait_final(acme_big).await;
     assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
-    let done = env.wait_final(globex_big).await;
+    // 300 pages of one object: generous on a loaded machine.
+    let done = env.wait_final_within(globex_big, Duration::from_secs(240)).await;
     assert_eq!((done["state"].as_str(), counts(&done)), (Some("succeeded"), (300, 0, 0)), "{done}");
     let acme_now = rows(&env, "acme", "shared").await;
     let acme_c = acme_now.keys().filter(|u| u.contains("/c/")).count() as i64;
