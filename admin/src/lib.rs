@@ -1,10 +1,16 @@
 //! `tetherctl`: staff's tool for imports.
 //!
 //! `status ID`, `list`, `failures ID`, `requeue ID`, `cancel ID`, `submit FILE`,
-//! and for customers' buckets `check FILE` (the connection checks of §9) and
-//! `setup aws` (the policies to paste).
-//! Tables for people by default, `--json` (and `--csv` for failures) for
-//! scripts. Exit codes: 0 done, 1 refused or not found (the message says
+//! `audit [ID]`, and for customers' buckets `check FILE` (the connection
+//! checks of §9) and `setup aws` (the policies to paste).
+//! `requeue`, `cancel` and `submit` are recorded in the audit trail: who
+//! (`--actor`, else the login name), why (`--reason`), when, and what came
+//! of it.
+//! Tables for people by default, `--json` (and `--csv` for failures and the
+//! audit trail) for scripts. What customers chose (keys, messages quoting
+//! them) is shown with control characters escaped, so that an object key
+//! cannot drive the terminal, and CSV cells cannot start a spreadsheet
+//! formula. Exit codes: 0 done, 1 refused or not found (the message says
 //! why; for `check`, a check failed), 2 bad usage or an invalid file, 3
 //! Postgres, RabbitMQ or AWS unreachable.
 
@@ -18,6 +24,7 @@ use tether_shared::checks::{default_origin, valid_origin, CheckRequest, Checker,
 use tether_shared::config::StoresConfig;
 use tether_shared::contract::{Secret, ROUTING_REQUEST};
 use tether_shared::db::admin::{ListFilter, Requeued};
+use tether_shared::db::audit::{AuditAction, AuditEntry};
 use tether_shared::db::imports::Cancelled;
 use tether_shared::db::{DbError, Store};
 use tether_shared::queue::{self, Publisher, QueueError};
@@ -66,11 +73,33 @@ enum Command {
         csv: bool,
     },
     /// Run again what failed (prefixes and objects), once the cause is fixed.
-    Requeue { import_id: Uuid },
+    Requeue {
+        import_id: Uuid,
+        #[command(flatten)]
+        who: Accountable,
+    },
     /// Stop an import; what was imported stays.
-    Cancel { import_id: Uuid },
+    Cancel {
+        import_id: Uuid,
+        #[command(flatten)]
+        who: Accountable,
+    },
     /// Publish an ImportRequest (a JSON file) as the platform would.
-    Submit { file: PathBuf },
+    Submit {
+        file: PathBuf,
+        #[command(flatten)]
+        who: Accountable,
+    },
+    /// Who requeued, cancelled or submitted what, when and why: of one
+    /// import, or the latest actions of all.
+    Audit {
+        import_id: Option<Uuid>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// CSV (at, actor, action, import_id, reason, outcome).
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+    },
     /// Check the source of an ImportRequest (a JSON file) the way its import
     /// and the access API will use it; exit 1 when a check failed.
     Check {
@@ -83,6 +112,10 @@ enum Command {
         stores: StoresConfig,
         #[command(flatten)]
         origins: AllowedOrigins,
+        /// Where copies go (the workers' TETHER_DESTINATION): its bucket is
+        /// never checked as a source.
+        #[arg(long, env = "TETHER_DESTINATION")]
+        destination: Option<String>,
     },
     /// Print the policies a customer pastes to connect a bucket.
     Setup {
@@ -110,6 +143,45 @@ enum SetupProvider {
         #[command(flatten)]
         origins: AllowedOrigins,
     },
+}
+
+/// Who takes a staff action, and why: recorded in the audit trail.
+#[derive(Debug, clap::Args)]
+struct Accountable {
+    /// Who is acting (default: the login name: LOGNAME, USER, or the
+    /// account tetherctl runs as).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Why: the ticket, the cause that was fixed.
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+impl Accountable {
+    /// The actor and the reason, checked: names and reasons are shown to
+    /// other staff later, so they may not hold control characters.
+    fn checked(&self) -> Result<(String, Option<&str>), CtlError> {
+        let login = || {
+            ["LOGNAME", "USER"]
+                .into_iter()
+                .find_map(|v| std::env::var(v).ok().filter(|name| !name.trim().is_empty()))
+                .or_else(|| whoami::username().ok())
+        };
+        let actor = self.actor.clone().or_else(login).unwrap_or_default();
+        let actor = actor.trim();
+        if actor.is_empty() || actor.chars().count() > 128 || actor.chars().any(char::is_control) {
+            return Err(CtlError::Invalid(
+                "--actor is missing or not a name (1-128 characters, no control characters): say who is acting, e.g. --actor jane@example.com".into(),
+            ));
+        }
+        let reason = self.reason.as_deref().map(str::trim).filter(|r| !r.is_empty());
+        if reason.is_some_and(|r| r.chars().count() > 1000 || r.chars().any(char::is_control)) {
+            return Err(CtlError::Invalid(
+                "--reason is over 1000 characters or holds control characters: write one line".into(),
+            ));
+        }
+        Ok((actor.to_owned(), reason))
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -198,8 +270,12 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             }
         }
         Command::List { state, workspace, overdue, limit } => {
-            let filter =
-                ListFilter { state: state.clone(), workspace: workspace.clone(), overdue: *overdue, limit: *limit };
+            let filter = ListFilter {
+                state: state.clone(),
+                workspace: workspace.clone(),
+                overdue: *overdue,
+                limit: *limit,
+            };
             let imports = store(&cli)?.list_imports(&filter).await?;
             if cli.json {
                 println!("{}", Value::Array(imports));
@@ -216,56 +292,82 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             } else if *csv {
                 println!("source_url,code,attempts,last_attempt_at,message");
                 for f in &failures {
-                    let cells = ["source_url", "code", "attempts", "last_attempt_at", "message"].map(|k| csv_cell(&f[k]));
+                    let cells = ["source_url", "code", "attempts", "last_attempt_at", "message"]
+                        .map(|k| csv_cell(&f[k]));
                     println!("{}", cells.join(","));
                 }
             } else {
                 for f in &failures {
-                    println!("{:<20} {:>3}  {}  {}", text(&f["code"]), text(&f["attempts"]), text(&f["source_url"]), text(&f["message"]));
+                    println!(
+                        "{:<20} {:>3}  {}  {}",
+                        text(&f["code"]),
+                        text(&f["attempts"]),
+                        text(&f["source_url"]),
+                        text(&f["message"])
+                    );
                 }
                 println!("{} failure(s)", failures.len());
             }
         }
-        Command::Requeue { import_id } => match store(&cli)?.requeue_import(*import_id).await? {
-            Requeued::Requeued { prefixes, objects, tasks } => {
-                let publisher = publisher(&cli).await?;
-                for kind in TaskKind::ALL {
-                    let messages: Vec<_> = tasks.iter().filter(|(k, _)| *k == kind).map(|(_, m)| *m).collect();
-                    if !messages.is_empty() {
-                        publisher.publish_tasks(kind, &messages).await?;
-                    }
-                }
-                println!("requeued {import_id}: {prefixes} prefix(es) and {objects} object(s) run again");
-            }
-            Requeued::NotFound => return Err(CtlError::NotFound(*import_id)),
-            Requeued::NotRequeueable(why) => return Err(CtlError::Refused(format!("cannot requeue {import_id}: {why}"))),
-            Requeued::NothingToRetry => {
-                return Err(CtlError::Refused(format!(
-                    "nothing of {import_id} can be retried (objects too large stay failed; raise filter.max_object_bytes in a new request)"
-                )))
-            }
-        },
-        Command::Cancel { import_id } => match store(&cli)?.cancel_import(*import_id).await? {
-            Cancelled::Cancelled => println!("cancelled {import_id}"),
-            Cancelled::AlreadyFinal(state) => {
-                return Err(CtlError::Refused(format!("import {import_id} is already {state}")))
-            }
-            Cancelled::NotFound => return Err(CtlError::NotFound(*import_id)),
-        },
-        Command::Submit { file } => {
-            let body = std::fs::read(file).map_err(|e| CtlError::File(file.clone(), e))?;
-            publisher(&cli).await?.publish_request(ROUTING_REQUEST, &body).await?;
-            println!("submitted {}", file.display());
+        Command::Requeue { import_id, who } => {
+            let store = store(&cli)?;
+            let entry = (AuditAction::Requeue, Some(*import_id));
+            println!("{}", audited(&store, who, entry, requeue(&cli, &store, *import_id)).await?);
         }
-        Command::Check { file, origin, stores, origins } => {
-            let checker = checker(stores, origins).await?;
+        Command::Cancel { import_id, who } => {
+            let store = store(&cli)?;
+            let entry = (AuditAction::Cancel, Some(*import_id));
+            println!("{}", audited(&store, who, entry, cancel(&store, *import_id)).await?);
+        }
+        Command::Submit { file, who } => {
+            let body = std::fs::read(file).map_err(|e| CtlError::File(file.clone(), e))?;
+            // The import it claims to be, if readable; the scheduler judges the rest.
+            let import_id = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["import_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()));
+            let store = store(&cli)?;
+            let submit = async {
+                publisher(&cli).await?.publish_request(ROUTING_REQUEST, &body).await?;
+                Ok(format!("submitted {}", file.display()))
+            };
+            println!("{}", audited(&store, who, (AuditAction::Submit, import_id), submit).await?);
+        }
+        Command::Audit { import_id, limit, csv } => {
+            let trail = store(&cli)?.audit_trail(*import_id, *limit).await?;
+            let columns = ["at", "actor", "action", "import_id", "reason", "outcome"];
+            if cli.json {
+                println!("{}", Value::Array(trail));
+            } else if *csv {
+                println!("{}", columns.join(","));
+                for entry in &trail {
+                    println!("{}", columns.map(|k| csv_cell(&entry[k])).join(","));
+                }
+            } else {
+                for e in &trail {
+                    println!(
+                        "{}  {:<16} {:<8} {:<36}  {}  -> {}",
+                        text(&e["at"]),
+                        text(&e["actor"]),
+                        text(&e["action"]),
+                        text(&e["import_id"]),
+                        text(&e["reason"]),
+                        text(&e["outcome"])
+                    );
+                }
+                println!("{} action(s)", trail.len());
+            }
+        }
+        Command::Check { file, origin, stores, origins, destination } => {
+            let checker = checker(stores, origins).await?.refusing_destination(destination.as_deref());
             let invalid = |why: String| CtlError::Invalid(format!("{}: {why}", file.display()));
             let body = std::fs::read(file).map_err(|e| invalid(format!("cannot read it ({e})")))?;
-            let body: Value =
-                serde_json::from_slice(&body).map_err(|e| invalid(format!("not JSON ({e}): give an ImportRequest")))?;
-            let mut request = CheckRequest::from_import_request(&body, checker.validation_options()).map_err(invalid)?;
+            let body: Value = serde_json::from_slice(&body)
+                .map_err(|e| invalid(format!("not JSON ({e}): give an ImportRequest")))?;
+            let mut request =
+                CheckRequest::from_import_request(&body, checker.validation_options()).map_err(invalid)?;
             if let Some(origin) = origin {
-                let origin = valid_origin(origin).map_err(|why| CtlError::Invalid(format!("--origin {why}")))?;
+                let origin =
+                    valid_origin(origin).map_err(|why| CtlError::Invalid(format!("--origin {why}")))?;
                 request.origin = Some(origin);
             }
             let report = checker.run(&request).await;
@@ -281,8 +383,9 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         }
         Command::Setup { provider: SetupProvider::Aws { bucket, prefix, external_id, origin, origins } } => {
             let default = default_origin(&origins.list).map_err(|e| CtlError::Invalid(e.to_string()))?;
-            let setup = AwsSetup::new(bucket, prefix.as_deref(), external_id, origin.as_deref(), default.as_deref())
-                .map_err(|e| CtlError::Invalid(e.to_string()))?;
+            let setup =
+                AwsSetup::new(bucket, prefix.as_deref(), external_id, origin.as_deref(), default.as_deref())
+                    .map_err(|e| CtlError::Invalid(e.to_string()))?;
             let policies = setup.policies_for_tether(&aws_sdk().await).await.map_err(|e| match e {
                 SetupError::Invalid(why) => CtlError::Invalid(why),
                 identity @ SetupError::Identity(_) => CtlError::Aws(identity.to_string()),
@@ -295,6 +398,55 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         }
     }
     Ok(())
+}
+
+/// Runs a staff action with its audit row: recorded before it runs (no
+/// row, no action), its outcome after. Returns what to print.
+async fn audited(
+    store: &Store,
+    who: &Accountable,
+    (action, import_id): (AuditAction, Option<Uuid>),
+    act: impl std::future::Future<Output = Result<String, CtlError>>,
+) -> Result<String, CtlError> {
+    let (actor, reason) = who.checked()?;
+    let id = store.audit_begin(&AuditEntry { actor: &actor, action, import_id, reason }).await?;
+    let result = act.await;
+    let outcome = match &result {
+        Ok(done) => done.clone(),
+        Err(error) => format!("not done: {error}"),
+    };
+    store.audit_end(id, &outcome).await?;
+    result
+}
+
+async fn requeue(cli: &Cli, store: &Store, import_id: Uuid) -> Result<String, CtlError> {
+    match store.requeue_import(import_id).await? {
+        Requeued::Requeued { prefixes, objects, tasks } => {
+            let publisher = publisher(cli).await?;
+            for kind in TaskKind::ALL {
+                let messages: Vec<_> = tasks.iter().filter(|(k, _)| *k == kind).map(|(_, m)| *m).collect();
+                if !messages.is_empty() {
+                    publisher.publish_tasks(kind, &messages).await?;
+                }
+            }
+            Ok(format!("requeued {import_id}: {prefixes} prefix(es) and {objects} object(s) run again"))
+        }
+        Requeued::NotFound => Err(CtlError::NotFound(import_id)),
+        Requeued::NotRequeueable(why) => Err(CtlError::Refused(format!("cannot requeue {import_id}: {why}"))),
+        Requeued::NothingToRetry => Err(CtlError::Refused(format!(
+            "nothing of {import_id} can be retried (objects too large stay failed; raise filter.max_object_bytes in a new request)"
+        ))),
+    }
+}
+
+async fn cancel(store: &Store, import_id: Uuid) -> Result<String, CtlError> {
+    match store.cancel_import(import_id).await? {
+        Cancelled::Cancelled => Ok(format!("cancelled {import_id}")),
+        Cancelled::AlreadyFinal(state) => {
+            Err(CtlError::Refused(format!("import {import_id} is already {state}")))
+        }
+        Cancelled::NotFound => Err(CtlError::NotFound(import_id)),
+    }
 }
 
 /// A checker with Tether's own AWS identity (the SDK's standard
@@ -334,17 +486,41 @@ fn print_setup(setup: &AwsSetup, policies: &Value) {
     println!("{}", pretty(&policies["cors_rules"]));
 }
 
+/// A value for a person's terminal: control characters (an object key may
+/// hold ESC sequences or newlines) and the invisible characters that
+/// reorder text are shown escaped, as `\u{1b}`; `--json` keeps them exact.
 fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+    let raw = match v {
+        Value::Null => return "-".to_owned(),
+        Value::String(s) => s.as_str(),
+        other => return other.to_string(),
+    };
+    let mut shown = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if c.is_control() || is_bidi_control(c) {
+            shown.extend(c.escape_unicode());
+        } else {
+            shown.push(c);
+        }
     }
+    shown
 }
 
+/// Unicode's explicit direction marks, embeddings, overrides and isolates:
+/// invisible, they make a key read differently from what it is.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A CSV cell: escaped as for the terminal, inert for spreadsheets (a cell
+/// that starts with `=`, `+`, `-` or `@` is a formula there, so it gets a
+/// leading `'`), quoted when it holds a comma or a quote.
 fn csv_cell(v: &Value) -> String {
-    let s = text(v);
-    if s.contains([',', '"', '\n', '\r']) {
+    let mut s = text(v);
+    if s.starts_with(['=', '+', '-', '@']) {
+        s.insert(0, '\'');
+    }
+    if s.contains([',', '"']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s
@@ -404,4 +580,35 @@ fn print_list(imports: &[Value]) {
         );
     }
     println!("{} import(s); ! = overdue", imports.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{csv_cell, text};
+
+    #[test]
+    fn control_characters_and_direction_marks_are_shown_escaped() {
+        let key = json!("s3://b/a\u{1b}[2J\nb\u{7}\u{9b}c\u{202e}gpj.exe");
+        assert_eq!(text(&key), "s3://b/a\\u{1b}[2J\\u{a}b\\u{7}\\u{9b}c\\u{202e}gpj.exe");
+        assert_eq!(text(&json!("spaces and ünïcödé.jpg")), "spaces and ünïcödé.jpg");
+        assert_eq!(text(&json!(null)), "-");
+        assert_eq!(text(&json!(3)), "3");
+    }
+
+    #[test]
+    fn csv_cells_cannot_start_a_formula() {
+        for (cell, shown) in [
+            ("=HYPERLINK(\"http://x\")", "\"'=HYPERLINK(\"\"http://x\"\")\""),
+            ("+1", "'+1"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("a,b", "\"a,b\""),
+            ("\n=1", "\\u{a}=1"),
+            ("s3://b/k.jpg", "s3://b/k.jpg"),
+        ] {
+            assert_eq!(csv_cell(&json!(cell)), shown, "{cell}");
+        }
+    }
 }

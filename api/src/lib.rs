@@ -134,7 +134,8 @@ pub async fn serve(
     // way round.
     let regions = Arc::new(BucketRegions::default());
     let checker = Checker::new(&sdk, &config.stores, &checked.origins, Arc::clone(&regions))
-        .map_err(|e| RunError::Config(e.to_string()))?;
+        .map_err(|e| RunError::Config(e.to_string()))?
+        .refusing_destination(config.destination.as_deref());
     let state = Arc::new(AppState {
         store: store.clone(),
         tokens: checked.tokens,

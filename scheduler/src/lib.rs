@@ -34,6 +34,10 @@ pub struct SchedulerConfig {
     /// own identity (single-tenant installations, emulators).
     #[arg(long, env = "TETHER_GCS_ALLOW_OWN_IDENTITY", default_value_t = false, action = clap::ArgAction::Set)]
     pub gcs_allow_own_identity: bool,
+    /// The workers' `TETHER_DESTINATION`: requests whose source is its
+    /// bucket are rejected (it holds every workspace's copies).
+    #[arg(long, env = "TETHER_DESTINATION")]
+    pub destination: Option<String>,
     /// Seconds between housekeeping passes (finishing imports, outbox).
     #[arg(long, env = "TETHER_SCHEDULER_TICK_SECS", default_value_t = 1.0)]
     pub tick_secs: f64,
@@ -76,7 +80,7 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
     let handler = requests::Handler::new(
         store.clone(),
         link.clone(),
-        ValidationOptions { gcs_allow_own_identity: config.gcs_allow_own_identity },
+        ValidationOptions::new(config.gcs_allow_own_identity, config.destination.as_deref()),
         config.common.secrets_key.clone(),
     );
     let keeper = housekeeping::Keeper::new(store.clone(), link.clone(), config.republish_after_secs);

@@ -85,7 +85,7 @@ impl Handler {
 
     async fn request(&self, delivery: &Delivery) -> Result<(), HandleError> {
         let content_type = delivery.properties.content_type().as_ref().map(|c| c.as_str());
-        match parse_request(&delivery.data, content_type, self.options) {
+        match parse_request(&delivery.data, content_type, self.options.clone()) {
             Ok(ValidRequest { request, digest }) => {
                 let sealed = self.seal_secret(&request);
                 match self.store.record_import(&request, &digest, sealed.as_deref()).await? {

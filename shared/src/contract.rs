@@ -157,10 +157,34 @@ pub struct ImportRequest {
 }
 
 /// Options of validation that come from the operator, not the request.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ValidationOptions {
     /// `TETHER_GCS_ALLOW_OWN_IDENTITY`.
     pub gcs_allow_own_identity: bool,
+    /// The bucket of `TETHER_DESTINATION` as a source URL starts
+    /// (`s3://bucket/`, `gs://bucket/`): it holds every workspace's copies,
+    /// so no source may be it (contract §2). `None` without a bucket
+    /// destination.
+    pub destination_root: Option<String>,
+}
+
+impl ValidationOptions {
+    /// The options of an installation whose copies go to `destination`
+    /// (`TETHER_DESTINATION`, if set).
+    pub fn new(gcs_allow_own_identity: bool, destination: Option<&str>) -> Self {
+        Self { gcs_allow_own_identity, destination_root: destination.and_then(destination_root) }
+    }
+}
+
+/// `s3://bucket/` or `gs://bucket/` of an `s3://bucket/prefix` or
+/// `gs://bucket/prefix` destination, as the source URLs of its objects
+/// start; `None` for a `file://` one.
+pub fn destination_root(url: &str) -> Option<String> {
+    ["s3", "gs"].into_iter().find_map(|scheme| {
+        let rest = url.strip_prefix(scheme)?.strip_prefix("://")?;
+        let bucket = rest.split('/').next().filter(|b| !b.is_empty())?;
+        Some(format!("{scheme}://{bucket}/"))
+    })
 }
 
 /// A request that passed validation, with its idempotency digest.
@@ -225,7 +249,7 @@ pub fn parse_request(
             ))
         }
     }
-    match validate(&value, options) {
+    match validate(&value, &options) {
         Ok(request) => Ok(ValidRequest { request, digest }),
         Err(reason) => Err(reject(claim, reason)),
     }
@@ -274,7 +298,7 @@ fn write_canonical(value: &Value, out: &mut String) {
 
 type Check<T> = Result<T, String>;
 
-fn validate(value: &Value, options: ValidationOptions) -> Check<ImportRequest> {
+fn validate(value: &Value, options: &ValidationOptions) -> Check<ImportRequest> {
     let top = value.as_object().ok_or("the body is not a JSON object: send an ImportRequest object")?;
     only_fields(
         top,
@@ -297,7 +321,7 @@ fn validate(value: &Value, options: ValidationOptions) -> Check<ImportRequest> {
         "copy" => Mode::Copy,
         other => return Err(format!("field `mode` is {other:?}: use \"link\" or \"copy\"")),
     };
-    let (source, prefixes) = validate_source_value(top.get("source"), options)?;
+    let (source, prefixes) = validate_source(source_map(top.get("source"))?, options)?;
     let filter = match top.get("filter") {
         None => Filter { extensions: default_extensions(), max_object_bytes: DEFAULT_MAX_OBJECT_BYTES },
         Some(f) => validate_filter(f)?,
@@ -393,14 +417,17 @@ pub fn validate_source_value(
     value: Option<&Value>,
     options: ValidationOptions,
 ) -> Result<(Source, Vec<String>), String> {
-    let value = value.ok_or("field `source` is missing: name the bucket to import from")?;
-    let map = value
-        .as_object()
-        .ok_or("field `source` is not an object: give provider, bucket and the provider's fields")?;
-    validate_source(map, options)
+    validate_source(source_map(value)?, &options)
 }
 
-fn validate_source(map: &Map<String, Value>, options: ValidationOptions) -> Check<(Source, Vec<String>)> {
+fn source_map(value: Option<&Value>) -> Check<&Map<String, Value>> {
+    let value = value.ok_or("field `source` is missing: name the bucket to import from")?;
+    Ok(value
+        .as_object()
+        .ok_or("field `source` is not an object: give provider, bucket and the provider's fields")?)
+}
+
+fn validate_source(map: &Map<String, Value>, options: &ValidationOptions) -> Check<(Source, Vec<String>)> {
     let provider = required_str(map, "source.", "provider")?;
     let source = match provider {
         "s3" => {
@@ -507,6 +534,10 @@ fn validate_source(map: &Map<String, Value>, options: ValidationOptions) -> Chec
             ))
         }
     };
+    if options.destination_root.as_deref() == Some(source.url("").as_str()) {
+        // Destinations are S3 or GCS buckets only: an Azure source never matches.
+        return Err("field `source.bucket` names the bucket where Tether keeps every workspace's copies (TETHER_DESTINATION): import from the customer's own bucket".into());
+    }
     let prefixes = validate_prefixes(map.get("prefixes"))?;
     Ok((source, prefixes))
 }
@@ -708,8 +739,8 @@ impl ImportRequest {
         }
         top.insert("source".into(), source);
         top.insert("version".into(), Value::from(1));
-        let options = ValidationOptions { gcs_allow_own_identity: true };
-        validate(&Value::Object(top), options)
+        let options = ValidationOptions { gcs_allow_own_identity: true, destination_root: None };
+        validate(&Value::Object(top), &options)
     }
 }
 
@@ -792,5 +823,27 @@ mod tests {
         assert_eq!(request.prefixes, vec!["a/".to_owned()]);
         let back = ImportRequest::from_stored_json(&request.to_stored_json()).expect("stored form");
         assert_eq!(back, request);
+    }
+
+    #[test]
+    fn no_source_may_be_the_destination_bucket() {
+        let s3 = |bucket: &str| {
+            format!(
+                r#"{{"provider":"s3","bucket":"{bucket}","role_arn":"arn:aws:iam::111122223333:role/r","external_id":"ext-1"}}"#
+            )
+        };
+        let gcs = |bucket: &str| format!(r#"{{"provider":"gcs","bucket":"{bucket}"}}"#);
+        let check = |destination: &str, source: String| {
+            let options = ValidationOptions::new(true, Some(destination));
+            let source: Value = serde_json::from_str(&source).expect("json");
+            validate_source_value(Some(&source), options).map(|_| ())
+        };
+        let refused = check("s3://platform-copies/tether", s3("platform-copies")).expect_err("refused");
+        assert!(refused.contains("`source.bucket`") && refused.contains("TETHER_DESTINATION"), "{refused}");
+        assert!(check("gs://platform-copies", gcs("platform-copies")).is_err());
+        // Another bucket, or the same name under another provider, is fine.
+        assert!(check("s3://platform-copies/tether", s3("platform-copies2")).is_ok());
+        assert!(check("gs://platform-copies/x", s3("platform-copies")).is_ok());
+        assert!(check("file:///var/copies", s3("platform-copies")).is_ok());
     }
 }

@@ -158,6 +158,7 @@ impl TestEnv {
         SchedulerConfig {
             common: self.common(),
             gcs_allow_own_identity: false,
+            destination: None,
             tick_secs: 0.1,
             republish_after_secs: 300.0,
         }

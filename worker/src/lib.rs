@@ -29,6 +29,7 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::FieldTable;
 use lapin::Channel;
 use tether_shared::config::CommonConfig;
+use tether_shared::contract::destination_root;
 use tether_shared::credentials::gcp::GcpTokens;
 use tether_shared::credentials::sts::StsCredentials;
 use tether_shared::db::tasks::{Batching, Work};
@@ -230,6 +231,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
                 ranged_reads(&config),
             )
         }),
+        destination_root: config.destination.as_deref().and_then(destination_root),
     });
     tracing::info!(kinds = ?config.kinds, concurrency = config.concurrency, copy_concurrency = config.copy_concurrency, "Worker started.");
 
@@ -324,10 +326,17 @@ struct Worker {
     batching: Batching,
     /// `None` when `TETHER_DESTINATION` is unset.
     copier: Option<copying::Copier>,
+    /// The destination's bucket (`s3://bucket/`, `gs://bucket/`): never
+    /// read as a source, even when the scheduler, which rejects such
+    /// requests, was not told the destination.
+    destination_root: Option<String>,
 }
 
 /// The error of an import asked to copy on an installation without a destination.
 const COPY_NOT_CONFIGURED: &str = "Copy mode is not configured on this Tether installation (TETHER_DESTINATION is unset): import in link mode, or ask the operators to configure a destination.";
+
+/// The error of an import whose source is the destination's bucket.
+const SOURCE_IS_DESTINATION: &str = "The source is the bucket where Tether keeps every workspace's copies (TETHER_DESTINATION), which no import may read: import from the customer's own bucket.";
 
 impl Worker {
     async fn handle(&self, kind: TaskKind, delivery: Delivery) {
@@ -385,6 +394,10 @@ impl Worker {
                 // A duplicate, or the import ended meanwhile.
                 return Ok(Outcome::Done);
             };
+            if self.destination_root.as_deref() == Some(task.request.source.url("").as_str()) {
+                self.store.fail_import(task.import_id, SOURCE_IS_DESTINATION, "access_denied").await?;
+                return Ok(Outcome::Done);
+            }
             let span = tracing::info_span!("task", kind = kind.as_str(), import_id = %task.import_id, step = message.seq);
             match &task.work {
                 Work::List(at) => self.list(&task, at).instrument(span).await,

@@ -14,7 +14,7 @@ use super::{
     CORS,
 };
 use crate::contract::{GcsSource, Mode, Source};
-use crate::credentials::gcp::GcpTokens;
+use crate::credentials::gcp::{GcpTokens, GcsAccess};
 use crate::credentials::CredentialError;
 use crate::storage::gcs::{segment, GcsApi, GcsSources};
 use crate::storage::StorageError;
@@ -61,7 +61,7 @@ pub(super) async fn check(
             IMPERSONATE,
             "The source names no impersonate_service_account, so Tether reads the bucket with its own identity (TETHER_GCS_ALLOW_OWN_IDENTITY)",
         ),
-        (false, Some(account)) => match clock.within(tokens.token(Some(account))).await {
+        (false, Some(account)) => match clock.within(tokens.token(GcsAccess::Source(Some(account)))).await {
             Some(Ok(_)) => Check::pass(IMPERSONATE, format!("Tether impersonated {account}")),
             Some(Err(CredentialError::Refused { sentence })) => Check::fail(IMPERSONATE, sentence),
             Some(Err(CredentialError::Unavailable(why))) => Check::fail(
@@ -136,7 +136,7 @@ async fn cors_check(
         let response = api
             .send(
                 || api.http().get(&url).query(&[("fields", "cors")]),
-                source.impersonate_service_account.as_deref(),
+                GcsAccess::Source(source.impersonate_service_account.as_deref()),
             )
             .await?;
         let status = response.status().as_u16();

@@ -270,13 +270,22 @@ impl Checker {
             gcs_emulator: stores.storage_emulator_host.clone().filter(|h| !h.is_empty()),
             regions,
             default_origin,
-            options: ValidationOptions { gcs_allow_own_identity: stores.gcs_allow_own_identity },
+            options: ValidationOptions::new(stores.gcs_allow_own_identity, None),
         })
     }
 
-    /// How requests are validated here (`TETHER_GCS_ALLOW_OWN_IDENTITY`).
+    /// Refuses to check the bucket of `destination` (`TETHER_DESTINATION`),
+    /// as imports refuse to read it: it holds every workspace's copies.
+    #[must_use]
+    pub fn refusing_destination(mut self, destination: Option<&str>) -> Self {
+        self.options = ValidationOptions::new(self.options.gcs_allow_own_identity, destination);
+        self
+    }
+
+    /// How requests are validated here (`TETHER_GCS_ALLOW_OWN_IDENTITY`,
+    /// the destination bucket).
     pub fn validation_options(&self) -> ValidationOptions {
-        self.options
+        self.options.clone()
     }
 
     /// The origin a check tests CORS against when the request names none.
@@ -526,10 +535,10 @@ mod tests {
         let options = ValidationOptions::default();
         let source = serde_json::json!({"provider": "azure", "account": "acct1", "container": "images", "sas_token": "sp=rl&sig=x"});
         let body = serde_json::json!({"source": source, "mode": "copy", "origin": "https://app.example.com"});
-        let request = CheckRequest::from_body(&body, options).expect("valid");
+        let request = CheckRequest::from_body(&body, options.clone()).expect("valid");
         assert_eq!((request.mode, request.origin.as_deref()), (Mode::Copy, Some("https://app.example.com")));
         assert_eq!(request.prefixes, vec![String::new()]);
-        let refused = |body: Value| CheckRequest::from_body(&body, options).expect_err("refused");
+        let refused = |body: Value| CheckRequest::from_body(&body, options.clone()).expect_err("refused");
         assert!(refused(serde_json::json!({"source": source, "prefix": "a/"})).contains("`prefix`"));
         assert!(refused(serde_json::json!({"source": source, "mode": "move"})).contains("`mode`"));
         assert!(refused(serde_json::json!({"source": source, "origin": "*"})).contains("`origin`"));
@@ -538,6 +547,9 @@ mod tests {
         assert!(refused(bad_container).contains("`source.container`"));
         // An ImportRequest's other fields do not matter to a check.
         let import = serde_json::json!({"version": 1, "import_id": "x", "source": source});
-        assert_eq!(CheckRequest::from_import_request(&import, options).expect("valid").mode, Mode::Link);
+        assert_eq!(
+            CheckRequest::from_import_request(&import, options.clone()).expect("valid").mode,
+            Mode::Link
+        );
     }
 }

@@ -24,13 +24,44 @@ use super::CredentialError;
 use crate::contract::Secret;
 use crate::telemetry::metrics;
 
-/// Read-write access to Cloud Storage (reads of customer buckets are
-/// limited by what the customer granted the impersonated account).
-pub const STORAGE_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
+/// Read-write access to Cloud Storage: only for the destination of copies.
+const READ_WRITE_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
+/// Reads of customers' buckets: a token that cannot write or delete, so
+/// that no bug can change a customer's data, whatever the account may do.
+const READ_ONLY_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_only";
 const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 const IAM_CREDENTIALS: &str = "https://iamcredentials.googleapis.com/v1";
 /// The longest lifetime `generateAccessToken` grants without an org policy.
 const IMPERSONATION_LIFETIME: &str = "3600s";
+
+/// Whose token a Cloud Storage call needs, and for what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcsAccess<'a> {
+    /// Reading a customer's bucket: as the workspace's service account, or
+    /// with Tether's own identity when `None`; read-only either way.
+    Source(Option<&'a str>),
+    /// Writing copies to (and reading them back from) the destination:
+    /// Tether's own identity, read-write.
+    Destination,
+}
+
+impl<'a> GcsAccess<'a> {
+    /// The OAuth scope the token is asked for.
+    fn scope(self) -> &'static str {
+        match self {
+            GcsAccess::Source(_) => READ_ONLY_SCOPE,
+            GcsAccess::Destination => READ_WRITE_SCOPE,
+        }
+    }
+
+    /// The impersonated service account, if any.
+    pub fn account(self) -> Option<&'a str> {
+        match self {
+            GcsAccess::Source(account) => account,
+            GcsAccess::Destination => None,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Cached {
@@ -88,10 +119,10 @@ impl GcpTokens {
         Ok(Secret::new(token.as_str()))
     }
 
-    /// A token for Cloud Storage: the impersonated service account's, or
-    /// Tether's own when `impersonate` is `None`.
-    pub async fn token(&self, impersonate: Option<&str>) -> Result<Secret, CredentialError> {
-        let Some(account) = impersonate else { return self.own(STORAGE_SCOPE).await };
+    /// A token for Cloud Storage, scoped to what `access` needs: the
+    /// impersonated service account's, or Tether's own.
+    pub async fn token(&self, access: GcsAccess<'_>) -> Result<Secret, CredentialError> {
+        let Some(account) = access.account() else { return self.own(access.scope()).await };
         let slot = self.impersonated.get(&account.to_owned());
         let mut cached = slot.lock().await;
         if let Some(c) = cached.as_ref() {
@@ -114,7 +145,8 @@ impl GcpTokens {
     }
 
     async fn impersonate(&self, account: &str) -> Result<Cached, CredentialError> {
-        let body = serde_json::json!({ "scope": [STORAGE_SCOPE], "lifetime": IMPERSONATION_LIFETIME });
+        // Impersonation is for reading customers' buckets only.
+        let body = serde_json::json!({ "scope": [READ_ONLY_SCOPE], "lifetime": IMPERSONATION_LIFETIME });
         let generated: GeneratedToken =
             self.iam_credentials(account, "generateAccessToken", &body, "impersonate").await?;
         Ok(Cached { token: Secret::new(generated.access_token), expires: generated.expire_time })
@@ -162,5 +194,21 @@ impl GcpTokens {
             }),
             _ => Err(CredentialError::Unavailable(format!("IAM Credentials answered {method} with {status}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GcsAccess;
+
+    #[test]
+    fn customer_buckets_are_read_with_read_only_tokens() {
+        for access in
+            [GcsAccess::Source(None), GcsAccess::Source(Some("importer@acme.iam.gserviceaccount.com"))]
+        {
+            assert_eq!(access.scope(), "https://www.googleapis.com/auth/devstorage.read_only");
+        }
+        assert_eq!(GcsAccess::Destination.scope(), "https://www.googleapis.com/auth/devstorage.read_write");
+        assert_eq!(GcsAccess::Destination.account(), None);
     }
 }

@@ -23,6 +23,11 @@ pub const SESSION_SECONDS: i32 = 21_600;
 /// ...and falls back to 1 hour where STS refuses 6.
 pub const FALLBACK_SESSION_SECONDS: i32 = 3_600;
 const SESSION_NAME: &str = "tether-import";
+/// The session policy of every customer session: whatever the customer's
+/// role grants, Tether's session can only read (and decrypt what it reads,
+/// for SSE-KMS objects), so no bug of Tether's can change a customer's
+/// bucket.
+const READ_ONLY_SESSION_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Sid":"TetherReadsOnly","Effect":"Allow","Action":["s3:Get*","s3:List*","kms:Decrypt"],"Resource":"*"}]}"#;
 
 /// Which role to assume, with which ExternalId.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -122,6 +127,7 @@ impl StsCredentials {
             .role_arn(&key.role_arn)
             .external_id(&key.external_id)
             .role_session_name(SESSION_NAME)
+            .policy(READ_ONLY_SESSION_POLICY)
             .duration_seconds(seconds)
             .send()
             .await
@@ -235,7 +241,18 @@ impl ProvideCredentials for RoleProvider {
 
 #[cfg(test)]
 mod tests {
-    use super::is_duration_refusal;
+    use super::{is_duration_refusal, READ_ONLY_SESSION_POLICY};
+
+    #[test]
+    fn customer_sessions_may_only_read() {
+        let policy: serde_json::Value = serde_json::from_str(READ_ONLY_SESSION_POLICY).expect("JSON");
+        let statements = policy["Statement"].as_array().expect("statements");
+        assert_eq!(statements.len(), 1);
+        assert_eq!(statements[0]["Effect"], "Allow");
+        let actions: Vec<&str> =
+            statements[0]["Action"].as_array().expect("actions").iter().filter_map(|a| a.as_str()).collect();
+        assert_eq!(actions, ["s3:Get*", "s3:List*", "kms:Decrypt"]);
+    }
 
     #[test]
     fn recognises_both_duration_refusals() {

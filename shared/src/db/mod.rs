@@ -1,10 +1,11 @@
 //! Postgres: the pool, the migrations, and every query Tether runs, grouped by
 //! what they touch ([`imports`], [`tasks`], [`events`]), for staff
-//! [`admin`], and for the access API [`access`]. Postgres is the source
+//! [`admin`] and their [`audit`] trail, and for the access API [`access`]. Postgres is the source
 //! of truth; RabbitMQ messages only say "look at this row now".
 
 pub mod access;
 pub mod admin;
+pub mod audit;
 pub mod events;
 pub mod imports;
 pub mod tasks;
@@ -27,6 +28,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0005_list_fan_out", include_str!("../../../migrations/0005_list_fan_out.sql")),
     ("0006_task_ended_notify", include_str!("../../../migrations/0006_task_ended_notify.sql")),
     ("0010_access_credentials", include_str!("../../../migrations/0010_access_credentials.sql")),
+    ("0013_workspace_identity", include_str!("../../../migrations/0013_workspace_identity.sql")),
+    ("0014_audit", include_str!("../../../migrations/0014_audit.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises schedulers

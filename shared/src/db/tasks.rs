@@ -27,9 +27,15 @@ use crate::task::{TaskKind, TaskMessage};
 /// Namespace of the UUIDv5s that identify images and failures.
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5d1f_6c3e_8a2b_4c71_9e0d_7b3a_1f42_e8c6);
 
-/// `tether.images.image_id`: stable for (`dataset_id`, `source_url`).
-pub fn image_id(dataset_id: &str, source_url: &str) -> Uuid {
-    Uuid::new_v5(&ID_NAMESPACE, format!("{dataset_id}\n{source_url}").as_bytes())
+/// The `tether.images.image_id` of a new row: a UUIDv5 of (`workspace_id`,
+/// `dataset_id`, `source_url`), so that two workspaces' datasets of the same
+/// name never share an id. Rows written before migration 0013 keep the id
+/// they got from (`dataset_id`, `source_url`): imports find a row by its
+/// workspace, dataset and URL (the unique index), never by recomputing its
+/// id. The two forms cannot meet: ids hold no newline and a source URL
+/// starts with a scheme, which no dataset id can.
+pub fn image_id(workspace_id: &str, dataset_id: &str, source_url: &str) -> Uuid {
+    Uuid::new_v5(&ID_NAMESPACE, format!("{workspace_id}\n{dataset_id}\n{source_url}").as_bytes())
 }
 
 fn failure_key(source_url: &str) -> Uuid {
@@ -572,7 +578,8 @@ async fn upsert_images(
         return Ok(0);
     }
     let request = &task.request;
-    let ids: Vec<Uuid> = images.iter().map(|i| image_id(&request.dataset_id, &i.source_url)).collect();
+    let ids: Vec<Uuid> =
+        images.iter().map(|i| image_id(&request.workspace_id, &request.dataset_id, &i.source_url)).collect();
     let urls: Vec<&str> = images.iter().map(|i| i.source_url.as_str()).collect();
     let sizes: Vec<i64> = images.iter().map(|i| i.size_bytes).collect();
     let etags: Vec<Option<&str>> = images.iter().map(|i| i.etag.as_deref()).collect();
@@ -589,7 +596,8 @@ async fn upsert_images(
              SELECT u.id, $1, $2, $3, u.url, u.size, u.etag, u.modified, $9, u.stored
              FROM unnest($4::uuid[], $5::text[], $6::int8[], $7::text[], $8::timestamptz[], $10::text[])
                   AS u(id, url, size, etag, modified, stored)
-             ON CONFLICT (image_id) DO UPDATE
+             ON CONFLICT (workspace_id, dataset_id, tether.url_key(source_url)) WHERE NOT superseded
+             DO UPDATE
              SET import_id = EXCLUDED.import_id, size_bytes = EXCLUDED.size_bytes, etag = EXCLUDED.etag,
                  last_modified = EXCLUDED.last_modified, storage = EXCLUDED.storage,
                  stored_url = EXCLUDED.stored_url
@@ -626,15 +634,21 @@ async fn insert_copy_tasks(
     batching: Batching,
 ) -> Result<Vec<(TaskMessage, i64)>, DbError> {
     let request = &task.request;
-    let ids: Vec<Uuid> = images.iter().map(|i| image_id(&request.dataset_id, &i.source_url)).collect();
+    let urls: Vec<&str> = images.iter().map(|i| i.source_url.as_str()).collect();
     let etags: Vec<Option<&str>> = images.iter().map(|i| i.etag.as_deref()).collect();
-    let copied: std::collections::HashSet<Uuid> = tx
-        .query(
-            "SELECT im.image_id FROM tether.images im
-             JOIN unnest($1::uuid[], $2::text[]) AS u(id, etag) ON im.image_id = u.id
+    // Only this workspace's dataset counts: another workspace's copy of the
+    // same object is never a reason to skip.
+    let statement = tx
+        .prepare_cached(
+            "SELECT im.source_url FROM unnest($3::text[], $4::text[]) AS u(url, etag)
+             JOIN tether.images im
+               ON im.workspace_id = $1 AND im.dataset_id = $2 AND NOT im.superseded
+              AND tether.url_key(im.source_url) = tether.url_key(u.url) AND im.source_url = u.url
              WHERE im.storage = 'copy' AND im.etag IS NOT DISTINCT FROM u.etag",
-            &[&ids, &etags],
         )
+        .await?;
+    let copied: std::collections::HashSet<String> = tx
+        .query(&statement, &[&request.workspace_id, &request.dataset_id, &urls, &etags])
         .await?
         .iter()
         .map(|r| r.get(0))
@@ -642,8 +656,8 @@ async fn insert_copy_tasks(
     let source_prefix = request.source.url("");
     let mut batches: Vec<Vec<CopyItem>> = Vec::new();
     let mut batch_bytes = 0;
-    for (image, id) in images.iter().zip(&ids) {
-        if copied.contains(id) {
+    for image in images {
+        if copied.contains(&image.source_url) {
             continue;
         }
         let item = CopyItem {

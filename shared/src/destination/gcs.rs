@@ -10,6 +10,7 @@ use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use reqwest::StatusCode;
 
 use super::{copy_missing, fill, key_under, CopyAt, Destination, DestinationError, Parts};
+use crate::credentials::gcp::GcsAccess;
 use crate::storage::gcs::{segment, GcsApi};
 use crate::storage::{http_body, ByteChunks, ByteRange, ObjectBody, StorageError};
 
@@ -78,7 +79,7 @@ impl GcsDestination {
                         .header(CONTENT_TYPE, "application/json")
                         .body("{}")
                 },
-                None,
+                GcsAccess::Destination,
             )
             .await
             .map_err(|e| self.failed(key, e))?;
@@ -92,7 +93,7 @@ impl GcsDestination {
         let sent = self.send_parts(key, &session, &mut buffer, chunks).await;
         if sent.is_err() {
             // Best effort: an abandoned session expires after a week anyway.
-            let _ = self.api.send(|| self.api.http().delete(&session), None).await;
+            let _ = self.api.send(|| self.api.http().delete(&session), GcsAccess::Destination).await;
         }
         sent
     }
@@ -140,7 +141,7 @@ impl GcsDestination {
         self.api
             .send(
                 || self.api.http().put(session).header(CONTENT_RANGE, range.as_str()).body(part.clone()),
-                None,
+                GcsAccess::Destination,
             )
             .await
             .map_err(|e| self.failed(key, e))
@@ -165,7 +166,7 @@ impl Destination for GcsDestination {
                             .header(CONTENT_TYPE, "application/octet-stream")
                             .body(first.clone())
                     },
-                    None,
+                    GcsAccess::Destination,
                 )
                 .await
                 .map_err(|e| self.failed(&key, e))?;
@@ -186,7 +187,7 @@ impl Destination for GcsDestination {
             return Err(copy_missing(stored_url, "is not inside TETHER_DESTINATION"));
         };
         let url = self.api.url(&format!("/storage/v1/b/{}/o/{}", segment(&self.bucket), segment(&key)));
-        let response = self.api.send(|| self.api.download(&url, &[], range), None).await?;
+        let response = self.api.send(|| self.api.download(&url, &[], range), GcsAccess::Destination).await?;
         match response.status() {
             status if status.is_success() => Ok(http_body(response, None, stored_url.to_owned())),
             StatusCode::NOT_FOUND => Err(copy_missing(stored_url, "is gone")),

@@ -20,7 +20,7 @@ use super::{
     StorageError, UNRESERVED,
 };
 use crate::contract::GcsSource;
-use crate::credentials::gcp::GcpTokens;
+use crate::credentials::gcp::{GcpTokens, GcsAccess};
 
 const GCS: &str = "https://storage.googleapis.com";
 
@@ -75,24 +75,24 @@ impl GcsApi {
         }
     }
 
-    /// Sends `request` with a bearer token for `impersonate` (Tether's own
-    /// identity when `None`); a 401 renews an impersonated token once.
+    /// Sends `request` with a bearer token for `access`; a 401 renews an
+    /// impersonated token once.
     pub(crate) async fn send(
         &self,
         request: impl Fn() -> RequestBuilder,
-        impersonate: Option<&str>,
+        access: GcsAccess<'_>,
     ) -> Result<Response, StorageError> {
         let Some(tokens) = &self.tokens else {
             return request().send().await.map_err(|e| unreachable("GCS", &e));
         };
-        let token = tokens.token(impersonate).await?;
+        let token = tokens.token(access).await?;
         let response =
             request().bearer_auth(token.expose()).send().await.map_err(|e| unreachable("GCS", &e))?;
-        match (response.status(), impersonate) {
+        match (response.status(), access.account()) {
             (StatusCode::UNAUTHORIZED, Some(account)) => {
                 tracing::info!(account, "GCS refused the impersonated token; renewing it once.");
                 tokens.invalidate(account).await;
-                let token = tokens.token(impersonate).await?;
+                let token = tokens.token(access).await?;
                 request().bearer_auth(token.expose()).send().await.map_err(|e| unreachable("GCS", &e))
             }
             _ => Ok(response),
@@ -181,7 +181,7 @@ impl ObjectSource for GcsBucket {
                     query.extend(optional.into_iter().filter_map(|(name, value)| Some((name, value?))));
                     self.api.http().get(&url).query(&query)
                 },
-                self.impersonate.as_deref(),
+                GcsAccess::Source(self.impersonate.as_deref()),
             )
             .await?;
         if !response.status().is_success() {
@@ -225,7 +225,7 @@ impl ObjectSource for GcsBucket {
                     let generation = etag.map(|generation| ("ifGenerationMatch", generation));
                     self.api.download(&url, generation.as_slice(), range)
                 },
-                self.impersonate.as_deref(),
+                GcsAccess::Source(self.impersonate.as_deref()),
             )
             .await?;
         if !response.status().is_success() {
@@ -268,7 +268,7 @@ impl GcsBucket {
             .api
             .send(
                 || self.api.http().get(&url).query(&[("alt", "media")]).header("range", "bytes=0-0"),
-                self.impersonate.as_deref(),
+                GcsAccess::Source(self.impersonate.as_deref()),
             )
             .await?;
         match response.status() {
