@@ -1,8 +1,12 @@
 //! Turns one listed page into what gets committed: folder markers dropped,
-//! the extension filter and the size limit applied, URLs formed.
+//! the extension filter and the size limit applied, keys that Tether cannot
+//! take (a NUL; for Azure a `.`/`..` segment) failed as `unsupported_key`,
+//! URLs formed.
 
-use tether_shared::contract::ImportRequest;
+use tether_shared::contract::{ImportRequest, Source};
 use tether_shared::db::tasks::{FailureRow, ImageRow, PageResult};
+use tether_shared::model::failure::{storable, unsupported_key};
+use tether_shared::model::FailureCode;
 use tether_shared::storage::ListPage;
 
 /// The page's objects before `until` (all of them if `None`): from `until`
@@ -23,6 +27,17 @@ pub(crate) fn build(request: &ImportRequest, page: &ListPage, until: Option<&str
             result.filtered += 1;
             continue;
         }
+        if let Some(why) = unsupported_key(&object.key, matches!(request.source, Source::Azure(_))) {
+            let source_url = storable(&request.source.url(&object.key)).into_owned();
+            result.failures.push(FailureRow {
+                message: format!("{source_url} cannot be imported: {why}"),
+                source_url,
+                code: FailureCode::UnsupportedKey,
+                attempts: 1,
+                object: None,
+            });
+            continue;
+        }
         let source_url = request.source.url(&object.key);
         if object.size > max {
             result.failures.push(FailureRow {
@@ -31,7 +46,7 @@ pub(crate) fn build(request: &ImportRequest, page: &ListPage, until: Option<&str
                     object.size
                 ),
                 source_url,
-                code: "too_large",
+                code: FailureCode::TooLarge,
                 attempts: 1,
                 object: None,
             });

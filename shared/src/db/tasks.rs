@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use super::{DbError, Store};
 use crate::contract::{ImportRequest, Mode};
+use crate::model::FailureCode;
 use crate::task::{TaskKind, TaskMessage};
 
 /// Namespace of the UUIDv5s that identify images and failures.
@@ -111,7 +112,7 @@ pub struct ImageRow {
 #[derive(Debug, Clone)]
 pub struct FailureRow {
     pub source_url: String,
-    pub code: &'static str,
+    pub code: FailureCode,
     pub message: String,
     pub attempts: i32,
     /// The object, for a copy that `tetherctl requeue` may try again.
@@ -353,7 +354,7 @@ impl Store {
                 &task.import_id,
                 &task.message.task_id,
                 &failure.source_url,
-                &failure.code,
+                &failure.code.as_str(),
                 &failure.message,
                 &failure.attempts,
             ],
@@ -380,7 +381,7 @@ impl Store {
     /// (a requeue copies them again), and the scheduler makes it `failed`
     /// with `error`. Its counts still add up: imported + skipped + failed =
     /// listed.
-    pub async fn fail_import(&self, import_id: Uuid, error: &str, code: &'static str) -> Result<(), DbError> {
+    pub async fn fail_import(&self, import_id: Uuid, error: &str, code: FailureCode) -> Result<(), DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // Tasks first, then the import: the order page commits lock them in.
@@ -698,7 +699,7 @@ async fn insert_failures(
     }
     let keys: Vec<Uuid> = failures.iter().map(|f| failure_key(&f.source_url)).collect();
     let urls: Vec<&str> = failures.iter().map(|f| f.source_url.as_str()).collect();
-    let codes: Vec<&str> = failures.iter().map(|f| f.code).collect();
+    let codes: Vec<&str> = failures.iter().map(|f| f.code.as_str()).collect();
     let messages: Vec<&str> = failures.iter().map(|f| f.message.as_str()).collect();
     let attempts: Vec<i32> = failures.iter().map(|f| f.attempts).collect();
     let objects: Vec<Option<&CopyItem>> = failures.iter().map(|f| f.object.as_ref()).collect();
