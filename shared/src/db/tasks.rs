@@ -425,13 +425,15 @@ impl Store {
         Ok(())
     }
 
-    /// Counts one more failed attempt at a task's current page.
+    /// Counts one more failed attempt at a task's current page. The task's
+    /// message is parked for its retry right after: that counts as its
+    /// publication, so the scheduler does not send a duplicate meanwhile.
     pub async fn record_attempt(&self, message: TaskMessage) -> Result<i32, DbError> {
         let row = self
             .client()
             .await?
             .query_opt(
-                "UPDATE tether.tasks SET attempts = attempts + 1
+                "UPDATE tether.tasks SET attempts = attempts + 1, published_at = now()
                  WHERE task_id = $1 AND seq = $2 AND state = 'pending' RETURNING attempts",
                 &[&message.task_id, &message.seq],
             )
