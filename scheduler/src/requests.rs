@@ -166,7 +166,7 @@ impl Handler {
         match self.store.cancel_import(import_id).await? {
             Cancelled::Cancelled => tracing::info!(%import_id, "Import cancelled."),
             Cancelled::AlreadyFinal(state) => {
-                tracing::info!(%import_id, state, "Cancel ignored: the import is already final.")
+                tracing::info!(%import_id, %state, "Cancel ignored: the import is already final.")
             }
             Cancelled::NotFound => {
                 return self.reject(delivery, &format!("no import has the id {import_id}")).await;

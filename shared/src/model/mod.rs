@@ -6,6 +6,7 @@
 //!   SQLSTATE classes.
 //! - [`failure`]: the contract's failure codes and which keys Tether
 //!   cannot take.
+//! - [`state`]: import and task states, and `decide`, the final-state rule.
 //! - [`retry`]: every backoff, by name.
 //! - [`rejection`]: what is kept of a refused request (bounded, redacted).
 
@@ -13,6 +14,8 @@ pub mod failure;
 pub mod rejection;
 pub mod retry;
 pub mod scope;
+pub mod state;
 
 pub use failure::FailureCode;
 pub use scope::Scope;
+pub use state::{ImportState, TaskState};
