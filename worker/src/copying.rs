@@ -11,11 +11,10 @@ use std::sync::Arc;
 
 use backon::Retryable;
 use tether_shared::contract::ImportRequest;
-use tether_shared::credentials::CredentialError;
 use tether_shared::db::tasks::{CopyItem, CopyOutcome, FailureRow, TaskContext};
 use tether_shared::db::DbError;
 use tether_shared::destination::{object_key, verified, Destination, DestinationError};
-use tether_shared::model::{retry, FailureCode};
+use tether_shared::model::{retry, FailureCode, Scope};
 use tether_shared::storage::{ObjectSource, StorageError};
 use tokio::sync::Semaphore;
 
@@ -70,10 +69,9 @@ impl Copier {
             .notify(|error, delay| tracing::debug!(%error, ?delay, "Copy failed; retrying."))
             .await;
         let result = match result {
-            Err(DestinationError::Source(
-                error @ (StorageError::BucketNotFound(_)
-                | StorageError::Credentials(CredentialError::Refused { .. })),
-            )) => return Err(error),
+            // The bucket is gone or the credentials refused: not this
+            // object's failure but the import's.
+            Err(DestinationError::Source(error)) if error.scope() == Scope::Import => return Err(error),
             other => other,
         };
         let result = result.map_err(|error| FailureRow {

@@ -6,7 +6,7 @@ use tether_shared::contract::Mode;
 use tether_shared::credentials::CredentialError;
 use tether_shared::db::tasks::{FailureRow, FanOut, ListPosition, PageCommit, TaskContext};
 use tether_shared::db::DbError;
-use tether_shared::model::{retry, FailureCode};
+use tether_shared::model::{retry, FailureCode, Scope};
 use tether_shared::storage::{ListPage, ListQuery, StorageError, DELIMITER};
 use tether_shared::task::{TaskKind, TaskMessage};
 
@@ -123,37 +123,38 @@ impl Worker {
         error: StorageError,
     ) -> Result<Outcome, DbError> {
         let prefix_url = task.request.source.url(prefix);
-        if error.is_transient() {
-            let attempts = self.store.record_attempt(task.message).await?;
-            if attempts < self.max_attempts {
-                tracing::warn!(%error, attempts, "Listing failed; retrying later.");
-                return Ok(Outcome::Retry(retry::task_delay(attempts)));
-            }
-            let failure = FailureRow {
-                source_url: prefix_url,
-                code: error.code(),
-                message: format!(
-                    "Listing kept failing after {attempts} attempts ({error}); requeue the import once the store recovers."
-                ),
-                attempts,
-                object: None,
-            };
-            self.store.fail_task(task, &failure).await?;
-            return Ok(Outcome::Done);
-        }
-        match error {
-            StorageError::AccessDenied(message) => {
-                tracing::warn!(%message, "Listing denied; the prefix fails, the import goes on.");
+        match error.scope() {
+            Scope::Transient => {
+                let attempts = self.store.record_attempt(task.message).await?;
+                if attempts < self.max_attempts {
+                    tracing::warn!(%error, attempts, "Listing failed; retrying later.");
+                    return Ok(Outcome::Retry(retry::task_delay(attempts)));
+                }
                 let failure = FailureRow {
                     source_url: prefix_url,
-                    code: FailureCode::AccessDenied,
-                    message,
+                    code: error.code(),
+                    message: format!(
+                        "Listing kept failing after {attempts} attempts ({error}); requeue the import once the store recovers."
+                    ),
+                    attempts,
+                    object: None,
+                };
+                self.store.fail_task(task, &failure).await?;
+            }
+            // What fails one object of a copy fails the listed prefix here
+            // (a listing denied): the rest of the import goes on.
+            Scope::Object | Scope::Prefix => {
+                tracing::warn!(%error, "Listing refused; the prefix fails, the import goes on.");
+                let failure = FailureRow {
+                    source_url: prefix_url,
+                    code: error.code(),
+                    message: error.to_string(),
                     attempts: 1,
                     object: None,
                 };
                 self.store.fail_task(task, &failure).await?;
             }
-            other => self.fail_import(task, &other).await?,
+            Scope::Import | Scope::Request => self.fail_import(task, &error).await?,
         }
         Ok(Outcome::Done)
     }
