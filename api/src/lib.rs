@@ -117,7 +117,8 @@ pub async fn serve(
     let store = Store::connect(&config.database_url, config.db_pool_size)?;
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
     let refresh_margin = Duration::from_secs(config.sts_refresh_margin_secs);
-    let http = tether_shared::storage::http_client(Duration::from_secs(60)).map_err(RunError::Http)?;
+    let http = tether_shared::storage::http_client(Duration::from_secs(60), Duration::from_secs(60))
+        .map_err(RunError::Http)?;
     let gcp_tokens = Arc::new(GcpTokens::new(http.clone(), refresh_margin));
     let gcs =
         GcsApi::new(http.clone(), config.stores.storage_emulator_host.as_deref(), Arc::clone(&gcp_tokens));

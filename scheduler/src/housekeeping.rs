@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tether_shared::contract::{REJECTED_QUEUE, REQUEST_QUEUE};
-use tether_shared::db::imports::STATES;
 use tether_shared::db::Store;
+use tether_shared::model::ImportState;
 use tether_shared::queue::{Link, QueueError};
 use tether_shared::task::{TaskKind, REQUEST_DEAD_LETTER_QUEUE, TASK_DEAD_LETTER_QUEUE};
 use tether_shared::telemetry::metrics;
@@ -89,9 +89,9 @@ impl Keeper {
     async fn read_gauges(&self) -> Result<(), SchedulerError> {
         let m = metrics();
         let gauges = self.store.gauges().await?;
-        for state in STATES {
-            let count = gauges.by_state.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
-            m.imports.with_label_values(&[state]).set(count);
+        for state in ImportState::ALL {
+            let count = gauges.by_state.iter().find(|(s, _)| s == state.as_str()).map_or(0, |(_, n)| *n);
+            m.imports.with_label_values(&[state.as_str()]).set(count);
         }
         m.imports_overdue.set(gauges.overdue);
         m.oldest_running_import_age.set(gauges.oldest_running_age_secs);

@@ -1,12 +1,12 @@
 //! Handling one message of `tether.import-requests`: an ImportRequest or a
 //! cancel. The message is acknowledged only after its effect is committed
-//! (or it was moved to `tether.rejected`); an infrastructure error keeps it
-//! in hand and retries with backoff, so an outage does not burn through the
-//! queue's delivery limit.
+//! (or it was moved to `tether.rejected`); a transient error keeps it in
+//! hand and retries with backoff, so an outage does not burn through the
+//! queue's delivery limit, while an error that no retry can cure (Postgres
+//! refusing a value of the request) rejects it at once, so that one request
+//! never stops intake for every tenant.
 
-use std::time::Duration;
-
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tether_shared::contract::{
@@ -15,6 +15,7 @@ use tether_shared::contract::{
 };
 use tether_shared::db::imports::{Cancelled, Recorded};
 use tether_shared::db::{DbError, Store};
+use tether_shared::model::{rejection, retry};
 use tether_shared::queue::{Link, QueueError};
 use tether_shared::secrets::SecretsKey;
 use tether_shared::task::TaskKind;
@@ -27,6 +28,15 @@ enum HandleError {
     Db(#[from] DbError),
     #[error(transparent)]
     Queue(#[from] QueueError),
+}
+
+impl HandleError {
+    fn is_transient(&self) -> bool {
+        match self {
+            HandleError::Db(error) => error.is_transient(),
+            HandleError::Queue(_) => true,
+        }
+    }
 }
 
 pub(crate) struct Handler {
@@ -51,15 +61,21 @@ impl Handler {
         let m = metrics();
         m.amqp_messages.with_label_values(&[REQUEST_QUEUE, "consumed"]).inc();
         let timer = m.request_duration.start_timer();
-        let backoff = ExponentialBuilder::default()
-            .with_jitter()
-            .with_max_delay(Duration::from_secs(30))
-            .without_max_times();
         let result = (|| self.process(&delivery))
-            .retry(backoff)
-            .when(|_| !shutdown.is_cancelled() && !delivery.acker.poisoned())
+            .retry(retry::request_intake())
+            .when(|error| error.is_transient() && !shutdown.is_cancelled() && !delivery.acker.poisoned())
             .notify(|error, delay| tracing::warn!(%error, ?delay, "Cannot handle a request yet; retrying."))
             .await;
+        let result = match result {
+            // Postgres refused something of this very request: no retry can
+            // help, and holding it would stop intake for every tenant.
+            Err(error) if !error.is_transient() => {
+                tracing::warn!(%error, "A request cannot be recorded; rejecting it.");
+                let reason = format!("Tether cannot record this request ({error}): fix the request and send it with a new import_id");
+                self.reject(&delivery, &reason).await
+            }
+            other => other,
+        };
         let (sent, action) = match result {
             Ok(()) => (delivery.ack(BasicAckOptions::default()).await, "acked"),
             // Shutting down mid-outage, or the channel died (the broker
@@ -116,6 +132,7 @@ impl Handler {
                 if self.store.is_duplicate(claim.import_id, &claim.digest).await? {
                     return Ok(()); // This very rejection was handled before.
                 }
+                let reason = rejection::bounded_reason(&reason);
                 self.reject(delivery, &reason).await?;
                 self.store.record_rejected(claim.import_id, &claim.digest, &reason).await?;
                 Ok(())
@@ -149,7 +166,7 @@ impl Handler {
         match self.store.cancel_import(import_id).await? {
             Cancelled::Cancelled => tracing::info!(%import_id, "Import cancelled."),
             Cancelled::AlreadyFinal(state) => {
-                tracing::info!(%import_id, state, "Cancel ignored: the import is already final.")
+                tracing::info!(%import_id, %state, "Cancel ignored: the import is already final.")
             }
             Cancelled::NotFound => {
                 return self.reject(delivery, &format!("no import has the id {import_id}")).await;

@@ -239,7 +239,10 @@ pub fn parse_request(
         Some(ct) => {
             return Err(reject(
                 claim,
-                format!("content_type is {ct:?}: publish the request with content_type application/json"),
+                format!(
+                    "content_type is {:?}: publish the request with content_type application/json",
+                    printable(ct)
+                ),
             ))
         }
         None => {
@@ -300,6 +303,12 @@ type Check<T> = Result<T, String>;
 
 fn validate(value: &Value, options: &ValidationOptions) -> Check<ImportRequest> {
     let top = value.as_object().ok_or("the body is not a JSON object: send an ImportRequest object")?;
+    let mut path = String::new();
+    if find_nul(value, &mut path) {
+        return Err(format!(
+            "field `{path}` contains a NUL character (\\u0000), which no field may hold: remove it"
+        ));
+    }
     only_fields(
         top,
         "",
@@ -308,12 +317,21 @@ fn validate(value: &Value, options: &ValidationOptions) -> Check<ImportRequest> 
 
     match top.get("version") {
         Some(v) if v.as_u64() == Some(1) => {}
-        Some(v) => return Err(format!("field `version` is {v}: only version 1 is supported")),
+        Some(v) => {
+            return Err(format!(
+                "field `version` is {}: only version 1 is supported",
+                printable(&v.to_string())
+            ))
+        }
         None => return Err("field `version` is missing: set it to 1".into()),
     }
     let import_id = required_str(top, "", "import_id")?;
-    let import_id = Uuid::parse_str(import_id)
-        .map_err(|_| format!("field `import_id` is {import_id:?}, not a UUID: use a UUID such as 3f0c1f4e-8a55-4a36-9a34-3c0f4b1f2e10"))?;
+    let import_id = Uuid::parse_str(import_id).map_err(|_| {
+        format!(
+            "field `import_id` is {:?}, not a UUID: use a UUID such as 3f0c1f4e-8a55-4a36-9a34-3c0f4b1f2e10",
+            printable(import_id)
+        )
+    })?;
     let workspace_id = identifier(top, "workspace_id")?;
     let dataset_id = identifier(top, "dataset_id")?;
     let mode = match required_str(top, "", "mode")? {
@@ -352,9 +370,48 @@ fn only_fields(map: &Map<String, Value>, path: &str, allowed: &[&str]) -> Check<
     }
 }
 
-/// A field name or value safe to put in a sentence: control characters escaped.
+/// A field name or value safe to put in a sentence: cut to its first
+/// [`QUOTED_CHARS`] characters, control characters escaped.
 fn printable(s: &str) -> String {
-    s.escape_debug().to_string()
+    let cut = truncate(s, QUOTED_CHARS);
+    let mut out = cut.escape_debug().to_string();
+    if cut.len() < s.len() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// How much of a value a rejection quotes.
+const QUOTED_CHARS: usize = 160;
+
+/// The first string of `value` (or object key) holding a NUL, by its path:
+/// Postgres cannot store one, so no field may carry it.
+fn find_nul(value: &Value, path: &mut String) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let found = find_nul(item, path);
+            if !found {
+                path.truncate(len);
+            }
+            found
+        }),
+        Value::Object(map) => map.iter().any(|(key, item)| {
+            let len = path.len();
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(&printable(key));
+            let found = key.contains('\0') || find_nul(item, path);
+            if !found {
+                path.truncate(len);
+            }
+            found
+        }),
+        _ => false,
+    }
 }
 
 fn required_str<'a>(map: &'a Map<String, Value>, path: &str, name: &str) -> Check<&'a str> {
@@ -398,7 +455,7 @@ fn identifier<'a>(map: &'a Map<String, Value>, name: &str) -> Check<&'a str> {
     } else {
         Err(format!(
             "field `{name}` is {:?}: use 1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit",
-            printable(truncate(s, 160))
+            printable(s)
         ))
     }
 }
@@ -482,10 +539,7 @@ fn validate_source(map: &Map<String, Value>, options: &ValidationOptions) -> Che
             let account = optional_str(map, "source.", "impersonate_service_account")?;
             match account {
                 Some(a) => {
-                    let ok = a.len() <= 254 && a.split_once('@').is_some_and(|(name, domain)| {
-                        !name.is_empty() && domain.ends_with(".gserviceaccount.com")
-                    });
-                    check(ok, "source.impersonate_service_account", a, "a service account email such as importer@acme.iam.gserviceaccount.com")?;
+                    check(service_account_ok(a), "source.impersonate_service_account", a, "a service account's email: NAME@PROJECT.iam.gserviceaccount.com, PROJECT@appspot.gserviceaccount.com or NUMBER-compute@developer.gserviceaccount.com")?;
                 }
                 None if options.gcs_allow_own_identity => {}
                 None => {
@@ -530,7 +584,7 @@ fn validate_source(map: &Map<String, Value>, options: &ValidationOptions) -> Che
         other => {
             return Err(format!(
                 "field `source.provider` is {:?}: use \"s3\", \"gcs\" or \"azure\"",
-                printable(truncate(other, 64))
+                printable(other)
             ))
         }
     };
@@ -546,7 +600,7 @@ fn check(ok: bool, field: &str, value: &str, expected: &str) -> Check<()> {
     if ok {
         Ok(())
     } else {
-        Err(format!("field `{field}` is {:?}: expected {expected}", printable(truncate(value, 160))))
+        Err(format!("field `{field}` is {:?}: expected {expected}", printable(value)))
     }
 }
 
@@ -572,6 +626,26 @@ fn gcs_bucket_ok(b: &str) -> bool {
         && b.starts_with(|c: char| c.is_ascii_alphanumeric())
         && b.ends_with(|c: char| c.is_ascii_alphanumeric())
         && b.split('.').all(|part| part.len() <= 63)
+}
+
+/// A service account's email as contract §2 allows it, and nothing else.
+pub fn service_account_ok(email: &str) -> bool {
+    let id = |s: &str| {
+        (6..=30).contains(&s.len())
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+    };
+    let Some((name, domain)) = email.split_once('@') else { return false };
+    if let Some(project) = domain.strip_suffix(".iam.gserviceaccount.com") {
+        return id(name) && id(project);
+    }
+    match domain {
+        "appspot.gserviceaccount.com" => id(name),
+        "developer.gserviceaccount.com" => name
+            .strip_suffix("-compute")
+            .is_some_and(|n| (1..=20).contains(&n.len()) && n.chars().all(|c| c.is_ascii_digit())),
+        _ => false,
+    }
 }
 
 fn azure_container_ok(c: &str) -> bool {
@@ -629,7 +703,7 @@ fn validate_prefixes(value: Option<&Value>) -> Check<Vec<String>> {
         if p.chars().any(char::is_control) {
             return Err(format!(
                 "field `source.prefixes[{i}]` contains a control character: {:?}",
-                printable(truncate(p, 160))
+                printable(p)
             ));
         }
         prefixes.push(p.to_owned());
@@ -672,7 +746,8 @@ fn validate_filter(value: &Value) -> Check<Filter> {
                     (1..=16).contains(&e.len()) && (e == "*" || e.chars().all(|c| c.is_ascii_alphanumeric()));
                 if !ok {
                     return Err(format!(
-                        "field `filter.extensions[{i}]` is {item}: give an extension without the dot, such as \"jpg\", or \"*\" for every object"
+                        "field `filter.extensions[{i}]` is {}: give an extension without the dot, such as \"jpg\", or \"*\" for every object",
+                        printable(&item.to_string())
                     ));
                 }
                 set.insert(e.to_ascii_lowercase());
@@ -687,7 +762,10 @@ fn validate_filter(value: &Value) -> Check<Filter> {
     let max_object_bytes = match map.get("max_object_bytes") {
         None => DEFAULT_MAX_OBJECT_BYTES,
         Some(v) => v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
-            format!("field `filter.max_object_bytes` is {v}: give a positive whole number of bytes")
+            format!(
+                "field `filter.max_object_bytes` is {}: give a positive whole number of bytes",
+                printable(&v.to_string())
+            )
         })?,
     };
     Ok(Filter { extensions, max_object_bytes })

@@ -7,6 +7,7 @@
 //! - [`db`]: the Postgres pool, migrations and every named query.
 //! - [`queue`]: the AMQP topology and a publisher that waits for confirms.
 //! - [`storage`]: the one trait every bucket provider implements.
+//! - [`model`]: what every outcome and error means (scope, codes, states).
 //! - [`destination`]: where copy mode writes (the platform's storage).
 //! - [`credentials`]: customer credentials (STS AssumeRole, GCP service-account
 //!   impersonation) with their caches.
@@ -23,6 +24,7 @@ pub mod contract;
 pub mod credentials;
 pub mod db;
 pub mod destination;
+pub mod model;
 pub mod queue;
 pub mod secrets;
 pub mod shutdown;

@@ -21,6 +21,7 @@ use crate::contract::{
     Secret, EXCHANGE, REJECTED_QUEUE, REJECT_REASON_HEADER, REQUEST_QUEUE, ROUTING_CANCEL, ROUTING_FINISHED,
     ROUTING_REQUEST,
 };
+use crate::model::rejection;
 use crate::task::{
     TaskKind, TaskMessage, REQUEST_DEAD_LETTER_QUEUE, RETRY_TIERS_SECS, TASK_DEAD_LETTER_QUEUE,
 };
@@ -138,17 +139,6 @@ pub async fn consumer_channel(connection: &Connection, prefetch: u16) -> Result<
     Ok(channel)
 }
 
-/// Delays between attempts to reconnect: jittered, 1 s growing to 30 s.
-fn reconnect_delays() -> impl Iterator<Item = std::time::Duration> {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(std::time::Duration::from_secs(1))
-        .with_max_delay(std::time::Duration::from_secs(30))
-        .without_max_times()
-        .with_jitter()
-        .build()
-}
-
 /// The process's current RabbitMQ connection and its publisher. When the
 /// connection is lost, the process establishes a new one here and everything
 /// that publishes through the link uses it from then on. Clones share it.
@@ -182,7 +172,7 @@ impl Link {
         name: &str,
         stop: &CancellationToken,
     ) -> Option<Arc<Connection>> {
-        for delay in reconnect_delays() {
+        for delay in crate::model::retry::reconnect() {
             tokio::select! {
                 () = stop.cancelled() => return None,
                 () = tokio::time::sleep(delay) => {}
@@ -281,8 +271,9 @@ impl Publisher {
         self.publish("", &queue, body, json_properties()).await
     }
 
-    /// Moves a refused request to `tether.rejected`, body untouched, with
-    /// the reason in `x-tether-reject-reason`.
+    /// Moves a refused request to `tether.rejected` with the reason in
+    /// `x-tether-reject-reason`: both bounded and without secrets
+    /// ([`crate::model::rejection`]).
     pub async fn publish_rejected(
         &self,
         body: &[u8],
@@ -290,7 +281,9 @@ impl Publisher {
         reason: &str,
     ) -> Result<(), QueueError> {
         let mut headers = original.headers().clone().unwrap_or_default();
-        headers.insert(REJECT_REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+        let reason = rejection::bounded_reason(reason);
+        headers.insert(REJECT_REASON_HEADER.into(), AMQPValue::LongString(reason.as_str().into()));
+        let body = &rejection::kept_body(body);
         let mut properties = BasicProperties::default().with_headers(headers);
         if let Some(ct) = original.content_type() {
             properties = properties.with_content_type(ct.clone());

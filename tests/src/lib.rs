@@ -188,6 +188,8 @@ impl TestEnv {
             copy_batch_objects: 10,
             copy_batch_bytes: 1 << 30,
             copy_max_attempts: 3,
+            task_timeout_secs: 240,
+            store_timeout_secs: 60,
         }
     }
 

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
+use tether_shared::model::rejection;
 use tether_tests::TestEnv;
 use uuid::Uuid;
 
@@ -198,8 +199,10 @@ async fn invalid_requests_are_rejected_with_a_reason_and_the_fleet_keeps_running
         rejected.iter().map(|r| (r.body.as_slice(), r.reason.as_str())).collect();
     let mut readable = 0;
     for c in &cases {
+        // The kept copy is the body with its secrets redacted.
+        let kept = rejection::kept_body(&c.body);
         let reason =
-            reasons.get(c.body.as_slice()).unwrap_or_else(|| panic!("{}: not in tether.rejected", c.name));
+            reasons.get(kept.as_slice()).unwrap_or_else(|| panic!("{}: not in tether.rejected", c.name));
         assert!(reason.contains(c.mentions), "{}: reason {reason:?} does not mention {}", c.name, c.mentions);
         // A readable import_id that no import has: a failed import says why.
         let claimed: Option<Uuid> = serde_json::from_slice::<Value>(&c.body)

@@ -8,21 +8,20 @@
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use tether_shared::contract::ImportRequest;
-use tether_shared::credentials::CredentialError;
 use tether_shared::db::tasks::{CopyItem, CopyOutcome, FailureRow, TaskContext};
 use tether_shared::db::DbError;
 use tether_shared::destination::{object_key, verified, Destination, DestinationError};
 use tether_shared::storage::ranged::RangedReads;
+use tether_shared::model::{retry, FailureCode, Scope};
 use tether_shared::storage::{ObjectSource, StorageError};
 use tokio::sync::Semaphore;
 
 use tether_shared::telemetry::metrics;
 
-use crate::{counter, retry_delay, Outcome, Worker, COPY_NOT_CONFIGURED};
+use crate::{counter, Outcome, Worker, COPY_NOT_CONFIGURED};
 
 pub(crate) struct Copier {
     destination: Arc<dyn Destination>,
@@ -74,21 +73,15 @@ impl Copier {
                 .await?;
             self.destination.write(&key, size, verified(body, size, url.clone())).await
         };
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(10))
-            .with_max_times(self.max_attempts - 1)
-            .with_jitter();
         let result = attempt
-            .retry(backoff)
+            .retry(retry::object(self.max_attempts))
             .when(DestinationError::is_transient)
             .notify(|error, delay| tracing::debug!(%error, ?delay, "Copy failed; retrying."))
             .await;
         let result = match result {
-            Err(DestinationError::Source(
-                error @ (StorageError::BucketNotFound(_)
-                | StorageError::Credentials(CredentialError::Refused { .. })),
-            )) => return Err(error),
+            // The bucket is gone or the credentials refused: not this
+            // object's failure but the import's.
+            Err(DestinationError::Source(error)) if error.scope() == Scope::Import => return Err(error),
             other => other,
         };
         let result = result.map_err(|error| FailureRow {
@@ -106,7 +99,7 @@ impl Worker {
     /// Copies one batch and commits it.
     pub(crate) async fn copy(&self, task: &TaskContext, items: &[CopyItem]) -> Result<Outcome, DbError> {
         let Some(copier) = &self.copier else {
-            self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED, "unavailable").await?;
+            self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED, FailureCode::Unavailable).await?;
             return Ok(Outcome::Done);
         };
         let source = match self
@@ -115,11 +108,7 @@ impl Worker {
             .await
         {
             Ok(source) => source,
-            Err(error) if error.is_transient() => {
-                let attempts = self.store.record_attempt(task.message).await?;
-                tracing::warn!(%error, attempts, "Cannot reach the source; retrying the copy task later.");
-                return Ok(Outcome::Retry(retry_delay(attempts)));
-            }
+            Err(error) if error.is_transient() => return self.copy_failed(task, items, error).await,
             Err(error) => {
                 self.fail_import(task, &error).await?;
                 return Ok(Outcome::Done);
@@ -143,11 +132,59 @@ impl Worker {
                 match &outcome.result {
                     Ok(_) => m.bytes_copied.with_label_values(&[provider]).inc_by(counter(outcome.item.size)),
                     Err(failure) => {
-                        m.objects_failed.with_label_values(&[provider, "copy", failure.code]).inc()
+                        m.objects_failed.with_label_values(&[provider, "copy", failure.code.as_str()]).inc()
                     }
                 }
             }
         }
         Ok(Outcome::Done)
+    }
+}
+
+impl Worker {
+    /// A copy batch that could not run (its source unreachable, or past its
+    /// deadline): another attempt later, up to `TETHER_TASK_MAX_ATTEMPTS`;
+    /// then each of its objects fails with the error's code.
+    pub(crate) async fn copy_failed(
+        &self,
+        task: &TaskContext,
+        items: &[CopyItem],
+        error: StorageError,
+    ) -> Result<Outcome, DbError> {
+        let attempts = self.store.record_attempt(task.message).await?;
+        if attempts < self.max_attempts {
+            tracing::warn!(%error, attempts, "A copy batch failed; retrying it later.");
+            return Ok(Outcome::Retry(retry::task_delay(attempts)));
+        }
+        let message = format!(
+            "Copying kept failing after {attempts} attempts ({error}); requeue the import once the store recovers."
+        );
+        self.fail_copies(task, items, error.code(), &message).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// Ends a copy batch with every object failed.
+    pub(crate) async fn fail_copies(
+        &self,
+        task: &TaskContext,
+        items: &[CopyItem],
+        code: FailureCode,
+        message: &str,
+    ) -> Result<(), DbError> {
+        let outcomes: Vec<CopyOutcome> = items
+            .iter()
+            .map(|item| CopyOutcome {
+                item: item.clone(),
+                result: Err(FailureRow {
+                    source_url: task.request.source.url(&item.key),
+                    code,
+                    message: message.to_owned(),
+                    attempts: 1,
+                    object: Some(item.clone()),
+                }),
+            })
+            .collect();
+        self.store.commit_copies(task, &outcomes).await?;
+        Ok(())
     }
 }

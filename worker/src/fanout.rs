@@ -13,7 +13,8 @@
 //! listed twice, because everything before `K` is on this page or an
 //! earlier one, or under a sub-prefix that has its task, and no sub-prefix
 //! with a task reaches `K` or beyond. `K` is the first sub-prefix without
-//! room, or the key just after the page's last object if that comes first:
+//! room, or the page's last object if that comes first (listed again, as
+//! the page does not commit it; a position never holds a NUL):
 //! stores do not all place prefixes alike (fake-gcs-server returns every
 //! prefix on the first page, beyond the objects listed so far).
 
@@ -26,20 +27,25 @@ pub(crate) fn plan(page: &ListPage, budget: &ListBudget, cap: i64) -> FanOut {
     new.sort_unstable();
     new.dedup();
     let room = usize::try_from(cap.saturating_sub(budget.list_tasks)).unwrap_or(0);
-    let Some(&first_without_room) = new.get(room) else {
+    // A sub-prefix with a NUL cannot be a task's prefix (Postgres refuses
+    // it): from there on the task lists recursively, and each of its keys
+    // fails alone.
+    let stop = new.iter().position(|p| p.contains('\0')).map_or(room, |i| i.min(room));
+    let Some(&first_without_room) = new.get(stop) else {
         return FanOut {
             sub_prefixes: new.into_iter().cloned().collect(),
             recursive_from: None,
             cap: Some(cap),
         };
     };
-    let mut from = first_without_room.clone();
+    let mut from = before_nul(first_without_room);
     if page.next.is_some() {
-        if let Some(last) = page.objects.iter().map(|o| &o.key).max() {
-            // The smallest key after `last`.
-            let after_last = format!("{last}\0");
-            if after_last < from {
-                from = after_last;
+        if let Some(last) = page.objects.iter().map(|o| before_nul(&o.key)).max() {
+            // Listing again from `last` itself (not just after it): the page
+            // commits only what lies before `from`, so nothing is counted
+            // twice, and the position never needs a NUL.
+            if last < from {
+                from = last;
             }
         }
     }
@@ -55,6 +61,12 @@ pub(crate) fn plan(page: &ListPage, budget: &ListBudget, cap: i64) -> FanOut {
         recursive_from: Some(from),
         cap: Some(cap),
     }
+}
+
+/// `key` up to its first NUL: a position Postgres can store, at or before
+/// `key`.
+fn before_nul(key: &str) -> String {
+    key.split('\0').next().unwrap_or_default().to_owned()
 }
 
 #[cfg(test)]
@@ -105,7 +117,7 @@ mod tests {
         let p = page(&["t/a.jpg"], &["t/b/", "t/d/", "t/e/"], true);
         let plan = plan(&p, &budget(1, &[]), 2);
         assert!(plan.sub_prefixes.is_empty());
-        assert_eq!(plan.recursive_from.as_deref(), Some("t/a.jpg\0"));
+        assert_eq!(plan.recursive_from.as_deref(), Some("t/a.jpg"));
         // On the last page, the objects end nowhere before the prefixes.
         let p = page(&["t/a.jpg", "t/f.jpg"], &["t/b/", "t/d/"], false);
         let plan = super::plan(&p, &budget(1, &[]), 2);
@@ -113,6 +125,17 @@ mod tests {
             (plan.sub_prefixes, plan.recursive_from.as_deref()),
             (vec!["t/b/".to_owned()], Some("t/d/"))
         );
+    }
+
+    #[test]
+    fn a_sub_prefix_with_a_nul_is_listed_recursively_and_no_position_holds_a_nul() {
+        let p = page(&["t/a.jpg"], &["t/b\0x/", "t/c/"], false);
+        let plan = plan(&p, &budget(1, &[]), 100);
+        assert!(plan.sub_prefixes.is_empty());
+        assert_eq!(plan.recursive_from.as_deref(), Some("t/b"));
+        let p = page(&["t/a\0.jpg"], &["t/b/"], true);
+        let plan = super::plan(&p, &budget(1, &[]), 1);
+        assert_eq!(plan.recursive_from.as_deref(), Some("t/a"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ mod page;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::Retryable;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
@@ -32,24 +32,22 @@ use tether_shared::config::CommonConfig;
 use tether_shared::contract::destination_root;
 use tether_shared::credentials::gcp::GcpTokens;
 use tether_shared::credentials::sts::StsCredentials;
-use tether_shared::db::tasks::{Batching, Work};
+use tether_shared::db::tasks::{Batching, FailureRow, TaskContext, Work};
 use tether_shared::db::{DbError, Store};
 use tether_shared::destination::{self, DestinationError, Parts};
+use tether_shared::model::failure::storable;
+use tether_shared::model::{retry, FailureCode};
 use tether_shared::queue::{self, Link, QueueError};
 use tether_shared::storage::azure::{self, AzureSources};
 use tether_shared::storage::gcs::{GcsApi, GcsSources};
 use tether_shared::storage::ranged::RangedReads;
 use tether_shared::storage::s3::S3Sources;
-use tether_shared::storage::Sources;
+use tether_shared::storage::{Sources, StorageError};
 use tether_shared::task::{TaskKind, TaskMessage};
 use tether_shared::telemetry::{self, metrics, Readiness};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-
-/// How long a task waits in place for the database to come back before it is
-/// requeued.
-const DB_OUTAGE_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Copy tasks a worker holds at once; each copies several objects in parallel.
 const COPY_PREFETCH: u16 = 2;
@@ -91,6 +89,17 @@ pub struct WorkerConfig {
     /// recorded as failed.
     #[arg(long, env = "TETHER_TASK_MAX_ATTEMPTS", default_value_t = 10)]
     pub max_attempts: i32,
+    /// Seconds one step of a task (a listing page, a copy batch) may take
+    /// before it is stopped and counted as a failed attempt: a store that
+    /// never answers costs one attempt, never a slot for good. Keep it below
+    /// the scheduler's TETHER_TASK_REPUBLISH_AFTER_SECS.
+    #[arg(long, env = "TETHER_TASK_TIMEOUT_SECS", default_value_t = 240, value_parser = clap::value_parser!(u64).range(1..))]
+    pub task_timeout_secs: u64,
+    /// Seconds one call to a store or a credential provider may take (each
+    /// attempt and the whole operation, headers and body of a listing or
+    /// a credential; an object's body is bounded by the task's deadline).
+    #[arg(long, env = "TETHER_STORE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub store_timeout_secs: u64,
     /// Seconds to finish tasks in hand after SIGTERM before handing them back.
     #[arg(long, env = "TETHER_DRAIN_SECS", default_value_t = 30)]
     pub drain_secs: u64,
@@ -177,9 +186,19 @@ fn ranged_reads(config: &WorkerConfig) -> RangedReads {
 /// Runs a worker until `shutdown` is cancelled, then drains.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let store = Store::connect(&config.common.database_url, config.common.db_pool_size)?;
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let store_timeout = Duration::from_secs(config.store_timeout_secs);
+    // Without these, a store that accepts a connection and never answers
+    // holds the call forever (the SDK sets a connect timeout only).
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .operation_attempt_timeout(store_timeout)
+        .operation_timeout(store_timeout * 2)
+        .build();
+    let sdk =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts).load().await;
     let refresh_margin = Duration::from_secs(config.sts_refresh_margin_secs);
-    let http = tether_shared::storage::http_client(Duration::from_secs(120)).map_err(WorkerError::Http)?;
+    let http = tether_shared::storage::http_client(Duration::from_secs(120), store_timeout)
+        .map_err(WorkerError::Http)?;
     let gcp_tokens = Arc::new(GcpTokens::new(http.clone(), refresh_margin));
     let gcs = GcsApi::new(http.clone(), config.storage_emulator_host.as_deref(), gcp_tokens);
     let destination = match &config.destination {
@@ -206,7 +225,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         let ready = Readiness { store: store.clone(), amqp: Some(link.clone()) };
         telemetry::serve(addr, ready, shutdown.clone()).await.map_err(WorkerError::Metrics)?;
     }
-    let sts = Arc::new(StsCredentials::new(aws_sdk_sts::Client::new(&sdk), refresh_margin));
+    let sts = Arc::new(
+        StsCredentials::new(aws_sdk_sts::Client::new(&sdk), refresh_margin).with_call_timeout(store_timeout),
+    );
     let worker = Arc::new(Worker {
         store,
         link: link.clone(),
@@ -219,6 +240,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         page_size: config.page_size,
         max_list_tasks: config.max_list_tasks,
         max_attempts: config.max_attempts,
+        task_timeout: Duration::from_secs(config.task_timeout_secs),
         batching: Batching {
             max_objects: config.copy_batch_objects.max(1),
             max_bytes: config.copy_batch_bytes,
@@ -323,6 +345,8 @@ struct Worker {
     page_size: u32,
     max_list_tasks: i64,
     max_attempts: i32,
+    /// Deadline of one step of a task.
+    task_timeout: Duration,
     batching: Batching,
     /// `None` when `TETHER_DESTINATION` is unset.
     copier: Option<copying::Copier>,
@@ -389,50 +413,101 @@ impl Worker {
     }
 
     async fn process(&self, kind: TaskKind, message: TaskMessage) -> Outcome {
-        let attempt = || async {
-            let Some(task) = self.store.load_task(kind, message).await? else {
-                // A duplicate, or the import ended meanwhile.
-                return Ok(Outcome::Done);
-            };
-            if self.destination_root.as_deref() == Some(task.request.source.url("").as_str()) {
-                self.store.fail_import(task.import_id, SOURCE_IS_DESTINATION, "access_denied").await?;
-                return Ok(Outcome::Done);
-            }
-            let span = tracing::info_span!("task", kind = kind.as_str(), import_id = %task.import_id, step = message.seq);
-            match &task.work {
-                Work::List(at) => self.list(&task, at).instrument(span).await,
-                Work::Copy { items } => self.copy(&task, items).instrument(span).await,
+        let load = || self.store.load_task(kind, message);
+        let task = match load.retry(retry::task_in_place()).when(DbError::is_transient).await {
+            Ok(Some(task)) => task,
+            // A duplicate, or the import ended meanwhile.
+            Ok(None) => return Outcome::Done,
+            Err(error) if error.is_transient() => return db_unreachable(&error),
+            Err(error) => {
+                tracing::error!(%error, task_id = %message.task_id, "A task cannot be read; dead-lettering it.");
+                return Outcome::GiveUp;
             }
         };
-        // A database outage is not the task's fault: keep the message and try
-        // again in place, rather than requeue it and spend the queue's
-        // delivery limit. Nothing was committed by a failed attempt.
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(500))
-            .with_max_delay(Duration::from_secs(15))
-            .with_total_delay(Some(DB_OUTAGE_PATIENCE))
-            .without_max_times()
-            .with_jitter();
+        let span = tracing::info_span!("task", kind = kind.as_str(), import_id = %task.import_id, step = message.seq);
+        self.run_task(kind, &task).instrument(span).await
+    }
+
+    /// One step of a task within its deadline. A database outage is not
+    /// the task's fault: the step is tried again in place, rather than
+    /// requeued, so the queue's delivery limit is not spent (a failed
+    /// attempt committed nothing). A step that Postgres refuses fails the
+    /// task's item; a step past its deadline costs the task one attempt.
+    async fn run_task(&self, kind: TaskKind, task: &TaskContext) -> Outcome {
+        let attempt = || async {
+            match tokio::time::timeout(self.task_timeout, self.step(task)).await {
+                Ok(result) => result.map(Some),
+                Err(_) => Ok(None),
+            }
+        };
         let result = attempt
-            .retry(backoff)
+            .retry(retry::task_in_place())
+            .when(DbError::is_transient)
             .notify(|error, delay| tracing::warn!(%error, ?delay, "Database error; trying the task again."))
             .await;
-        result.unwrap_or_else(|error| {
-            tracing::warn!(%error, task_id = %message.task_id, "The database stays unreachable; requeueing the task.");
-            Outcome::Retry(Duration::from_secs(2))
-        })
+        let settled = match result {
+            Ok(Some(outcome)) => return outcome,
+            Ok(None) => self.timed_out(kind, task).await,
+            Err(error) if error.is_transient() => return db_unreachable(&error),
+            Err(error) => self.refused(task, &error).await,
+        };
+        settled.unwrap_or_else(|error| db_unreachable(&error))
+    }
+
+    async fn step(&self, task: &TaskContext) -> Result<Outcome, DbError> {
+        if self.destination_root.as_deref() == Some(task.request.source.url("").as_str()) {
+            self.store.fail_import(task.import_id, SOURCE_IS_DESTINATION, FailureCode::AccessDenied).await?;
+            return Ok(Outcome::Done);
+        }
+        match &task.work {
+            Work::List(at) => self.list(task, at).await,
+            Work::Copy { items } => self.copy(task, items).await,
+        }
+    }
+
+    /// The step passed `TETHER_TASK_TIMEOUT_SECS`: a store (or Postgres)
+    /// hangs. It counts as one failed attempt, like an outage.
+    async fn timed_out(&self, kind: TaskKind, task: &TaskContext) -> Result<Outcome, DbError> {
+        metrics().tasks_timed_out.with_label_values(&[kind.as_str()]).inc();
+        let seconds = self.task_timeout.as_secs();
+        tracing::warn!(
+            task_id = %task.message.task_id,
+            seconds,
+            "A task passed its deadline (TETHER_TASK_TIMEOUT_SECS): its store does not answer; it counts as a failed attempt."
+        );
+        let error = StorageError::Unavailable(format!("the store did not answer within {seconds} s"));
+        match &task.work {
+            Work::List(at) => self.listing_failed(task, &at.prefix, error).await,
+            Work::Copy { items } => self.copy_failed(task, items, error).await,
+        }
+    }
+
+    /// Postgres refused the step (a value it cannot store, a broken row):
+    /// retrying cannot help, so the task's item fails with the reason.
+    async fn refused(&self, task: &TaskContext, error: &DbError) -> Result<Outcome, DbError> {
+        tracing::error!(%error, task_id = %task.message.task_id, "Postgres refused a task's step; failing the task's item.");
+        let message = format!("Tether could not record this ({error}); report it to the operators");
+        match &task.work {
+            Work::List(at) => {
+                let failure = FailureRow {
+                    source_url: storable(&task.request.source.url(&at.prefix)).into_owned(),
+                    code: FailureCode::Unavailable,
+                    message,
+                    attempts: 1,
+                    object: None,
+                };
+                self.store.fail_task(task, &failure).await?;
+            }
+            Work::Copy { items } => self.fail_copies(task, items, FailureCode::Unavailable, &message).await?,
+        }
+        Ok(Outcome::Done)
     }
 }
 
-/// Jittered exponential delay before the `attempts`-th retry (1 s to 60 s).
-fn retry_delay(attempts: i32) -> Duration {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_secs(1))
-        .with_max_delay(Duration::from_secs(60))
-        .without_max_times()
-        .with_jitter()
-        .build();
-    delays.nth(usize::try_from(attempts.max(1) - 1).unwrap_or(0)).unwrap_or(Duration::from_secs(60))
+/// The database stays unreachable: hand the task back for later.
+fn db_unreachable(error: &DbError) -> Outcome {
+    tracing::warn!(%error, "The database stays unreachable; requeueing the task.");
+    Outcome::Retry(Duration::from_secs(2))
 }
 
 /// A non-negative count for a Prometheus counter.

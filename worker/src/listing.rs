@@ -1,17 +1,18 @@
 //! List tasks: one page of one prefix per message; a delimited page also
 //! fans out into tasks for its sub-prefixes ([`crate::fanout`]).
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use tether_shared::contract::Mode;
 use tether_shared::credentials::CredentialError;
 use tether_shared::db::tasks::{FailureRow, FanOut, ListPosition, PageCommit, TaskContext};
 use tether_shared::db::DbError;
+use tether_shared::model::{retry, FailureCode, Scope};
 use tether_shared::storage::{ListPage, ListQuery, StorageError, DELIMITER};
 use tether_shared::task::{TaskKind, TaskMessage};
 
 use tether_shared::telemetry::metrics;
 
-use crate::{counter, fanout, page, retry_delay, Outcome, Worker, COPY_NOT_CONFIGURED};
+use crate::{counter, fanout, page, Outcome, Worker, COPY_NOT_CONFIGURED};
 
 impl Worker {
     /// Lists and commits one page of a task.
@@ -25,7 +26,7 @@ impl Worker {
             start_at: at.start_at.as_deref(),
         };
         if task.request.mode == Mode::Copy && self.copier.is_none() {
-            self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED, "unavailable").await?;
+            self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED, FailureCode::Unavailable).await?;
             return Ok(Outcome::Done);
         }
         let listed = match self
@@ -79,7 +80,7 @@ impl Worker {
                     .with_label_values(&[provider, mode, "unchanged"])
                     .inc_by(counter(unchanged));
                 for failure in &result.failures {
-                    m.objects_failed.with_label_values(&[provider, mode, failure.code]).inc();
+                    m.objects_failed.with_label_values(&[provider, mode, failure.code.as_str()]).inc();
                 }
                 if !copies.is_empty() {
                     self.publish(TaskKind::Copy, &copies).await;
@@ -99,7 +100,9 @@ impl Worker {
         if page.prefixes.is_empty() {
             return Ok(FanOut::default());
         }
-        let budget = self.store.list_budget(task.import_id, &page.prefixes).await?;
+        // A prefix with a NUL never has a task (see the plan): not asked.
+        let storable: Vec<String> = page.prefixes.iter().filter(|p| !p.contains('\0')).cloned().collect();
+        let budget = self.store.list_budget(task.import_id, &storable).await?;
         Ok(fanout::plan(page, &budget, self.max_list_tasks))
     }
 
@@ -107,50 +110,51 @@ impl Worker {
     /// fails, the scheduler re-publishes them once their lease passes.
     async fn publish(&self, kind: TaskKind, messages: &[TaskMessage]) {
         let publish = || async { self.link.publisher()?.publish_tasks(kind, messages).await };
-        if let Err(error) = publish.retry(ExponentialBuilder::default().with_jitter()).await {
+        if let Err(error) = publish.retry(retry::publish()).await {
             tracing::warn!(%error, "Could not publish tasks; the scheduler will re-publish them.");
         }
     }
 
     /// Decides what a listing error means for the task and the import.
-    async fn listing_failed(
+    pub(crate) async fn listing_failed(
         &self,
         task: &TaskContext,
         prefix: &str,
         error: StorageError,
     ) -> Result<Outcome, DbError> {
         let prefix_url = task.request.source.url(prefix);
-        if error.is_transient() {
-            let attempts = self.store.record_attempt(task.message).await?;
-            if attempts < self.max_attempts {
-                tracing::warn!(%error, attempts, "Listing failed; retrying later.");
-                return Ok(Outcome::Retry(retry_delay(attempts)));
-            }
-            let failure = FailureRow {
-                source_url: prefix_url,
-                code: error.code(),
-                message: format!(
-                    "Listing kept failing after {attempts} attempts ({error}); requeue the import once the store recovers."
-                ),
-                attempts,
-                object: None,
-            };
-            self.store.fail_task(task, &failure).await?;
-            return Ok(Outcome::Done);
-        }
-        match error {
-            StorageError::AccessDenied(message) => {
-                tracing::warn!(%message, "Listing denied; the prefix fails, the import goes on.");
+        match error.scope() {
+            Scope::Transient => {
+                let attempts = self.store.record_attempt(task.message).await?;
+                if attempts < self.max_attempts {
+                    tracing::warn!(%error, attempts, "Listing failed; retrying later.");
+                    return Ok(Outcome::Retry(retry::task_delay(attempts)));
+                }
                 let failure = FailureRow {
                     source_url: prefix_url,
-                    code: "access_denied",
-                    message,
+                    code: error.code(),
+                    message: format!(
+                        "Listing kept failing after {attempts} attempts ({error}); requeue the import once the store recovers."
+                    ),
+                    attempts,
+                    object: None,
+                };
+                self.store.fail_task(task, &failure).await?;
+            }
+            // What fails one object of a copy fails the listed prefix here
+            // (a listing denied): the rest of the import goes on.
+            Scope::Object | Scope::Prefix => {
+                tracing::warn!(%error, "Listing refused; the prefix fails, the import goes on.");
+                let failure = FailureRow {
+                    source_url: prefix_url,
+                    code: error.code(),
+                    message: error.to_string(),
                     attempts: 1,
                     object: None,
                 };
                 self.store.fail_task(task, &failure).await?;
             }
-            other => self.fail_import(task, &other).await?,
+            Scope::Import | Scope::Request => self.fail_import(task, &error).await?,
         }
         Ok(Outcome::Done)
     }

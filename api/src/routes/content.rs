@@ -309,7 +309,7 @@ async fn open(
         message: "The image's store did not answer in time: try again shortly".into(),
     })?;
     read.map_err(|error| {
-        tracing::warn!(image_id = %image.image_id, code = error.code(), %error, "Cannot read an image.");
+        tracing::warn!(image_id = %image.image_id, code = error.code().as_str(), %error, "Cannot read an image.");
         gone_or_unavailable(image.copied, &error)
     })
 }

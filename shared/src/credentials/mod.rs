@@ -21,3 +21,14 @@ pub enum CredentialError {
     #[error("credentials are unavailable for now: {0}")]
     Unavailable(String),
 }
+
+impl CredentialError {
+    /// How far the error reaches: a refusal fails the import, an outage is
+    /// transient.
+    pub fn scope(&self) -> crate::model::Scope {
+        match self {
+            CredentialError::Refused { .. } => crate::model::Scope::Import,
+            CredentialError::Unavailable(_) => crate::model::Scope::Transient,
+        }
+    }
+}

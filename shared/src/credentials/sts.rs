@@ -28,6 +28,8 @@ const SESSION_NAME: &str = "tether-import";
 /// for SSE-KMS objects), so no bug of Tether's can change a customer's
 /// bucket.
 const READ_ONLY_SESSION_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Sid":"TetherReadsOnly","Effect":"Allow","Action":["s3:Get*","s3:List*","kms:Decrypt"],"Resource":"*"}]}"#;
+/// How long one AssumeRole call may take unless the caller says otherwise.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which role to assume, with which ExternalId.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,6 +51,7 @@ struct Session {
 pub struct StsCredentials {
     client: aws_sdk_sts::Client,
     refresh_margin: Duration,
+    call_timeout: Duration,
     /// What AssumeRole asks for first: [`SESSION_SECONDS`] unless the
     /// operator shortens it.
     session_seconds: i32,
@@ -63,10 +66,18 @@ impl StsCredentials {
         Self {
             client,
             refresh_margin,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
             session_seconds: SESSION_SECONDS,
             slots: Slots::new(),
             refreshes: AtomicU64::new(0),
         }
+    }
+
+    /// Bounds each AssumeRole call (and a wait for another caller's call of
+    /// the same role) by `timeout` instead of [`DEFAULT_CALL_TIMEOUT`].
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
     }
 
     /// Asks STS for sessions of `seconds` instead of six hours (a role whose
@@ -83,7 +94,24 @@ impl StsCredentials {
 
     /// Valid credentials for the role, from the cache or from STS; they
     /// carry their expiry, and have more than the refresh margin left.
+    ///
+    /// Callers for one role share one AssumeRole call (single-flight on the
+    /// role's slot; other roles go on unhindered), and none waits longer
+    /// than the call timeout, twice (the 6-hour try and the 1-hour one):
+    /// a silent STS costs each caller one bounded wait, and the slot is free
+    /// again after it.
     pub async fn credentials(&self, key: &RoleKey) -> Result<Credentials, CredentialError> {
+        tokio::time::timeout(self.call_timeout * 2, self.credentials_now(key)).await.unwrap_or_else(|_| {
+            metrics().credential_refresh_failures.with_label_values(&["s3"]).inc();
+            Err(CredentialError::Unavailable(format!(
+                "STS did not answer AssumeRole for {} within {} s",
+                key.role_arn,
+                (self.call_timeout * 2).as_secs()
+            )))
+        })
+    }
+
+    async fn credentials_now(&self, key: &RoleKey) -> Result<Credentials, CredentialError> {
         let slot = self.slots.get(key);
         let mut session = slot.lock().await;
         if let Some(s) = session.as_ref() {

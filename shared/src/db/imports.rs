@@ -1,14 +1,13 @@
 //! Queries on whole imports: recording a request (idempotently), recording a
 //! rejected one, cancelling, deciding the final state, and reading status.
 
-use std::fmt::Write as _;
-
 use serde_json::Value;
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::{events, DbError, Store};
-use crate::contract::{ImportRequest, Source};
+use crate::contract::ImportRequest;
+use crate::model::state::{ImportState, Tally};
 use crate::task::TaskMessage;
 
 /// What recording a valid request did.
@@ -26,14 +25,9 @@ pub enum Recorded {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Cancelled {
     Cancelled,
-    AlreadyFinal(String),
+    AlreadyFinal(ImportState),
     NotFound,
 }
-
-const FINAL_STATES: [&str; 4] = ["succeeded", "partially_succeeded", "failed", "cancelled"];
-/// Every state an import can be in.
-pub const STATES: [&str; 6] =
-    ["queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled"];
 
 /// What the scheduler's gauges show.
 #[derive(Debug, Default)]
@@ -151,8 +145,8 @@ impl Store {
         else {
             return Ok(Cancelled::NotFound);
         };
-        let state: String = row.get(0);
-        if FINAL_STATES.contains(&state.as_str()) {
+        let state: ImportState = row.get(0);
+        if state.is_final() {
             return Ok(Cancelled::AlreadyFinal(state));
         }
         tx.execute(
@@ -206,7 +200,7 @@ impl Store {
         else {
             return Ok(false);
         };
-        let state: String = row.get(0);
+        let state: ImportState = row.get(0);
         let pending: i64 = tx
             .query_one(
                 "SELECT count(*) FROM tether.tasks WHERE import_id = $1 AND state = 'pending'",
@@ -214,12 +208,12 @@ impl Store {
             )
             .await?
             .get(0);
-        if FINAL_STATES.contains(&state.as_str()) || pending > 0 {
+        if state.is_final() || pending > 0 {
             return Ok(false);
         }
         let request_json: Value = row.get(1);
         let request = ImportRequest::from_stored_json(&request_json).map_err(DbError::Corrupt)?;
-        let outcome = Outcome {
+        let tally = Tally {
             listed: row.get(2),
             filtered: row.get(3),
             failed: row.get(4),
@@ -227,7 +221,7 @@ impl Store {
             prefix_failures: prefix_failures(&tx, import_id).await?,
             object_failures: object_failure_codes(&tx, import_id).await?,
         };
-        let (state, error) = outcome.decide(&request);
+        let (state, error) = tally.decide(&request);
         tx.execute(
             "UPDATE tether.imports SET state = $2, error = $3, finished_at = now(), revision = revision + 1,
                     started_at = coalesce(started_at, now())
@@ -237,7 +231,7 @@ impl Store {
         .await?;
         events::enqueue_finished(&tx, import_id).await?;
         tx.commit().await?;
-        tracing::info!(%import_id, state, "Import finished.");
+        tracing::info!(%import_id, %state, "Import finished.");
         Ok(true)
     }
 
@@ -326,79 +320,4 @@ async fn object_failure_codes(tx: &Transaction<'_>, import_id: Uuid) -> Result<V
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect())
-}
-
-/// Everything the final state depends on.
-struct Outcome {
-    listed: i64,
-    filtered: i64,
-    failed: i64,
-    import_error: Option<String>,
-    prefix_failures: Vec<(String, String)>,
-    object_failures: Vec<(String, i64)>,
-}
-
-impl Outcome {
-    /// The final state and the sentence for `error` (contract §3).
-    fn decide(&self, request: &ImportRequest) -> (&'static str, Option<String>) {
-        if let Some(error) = &self.import_error {
-            return ("failed", Some(error.clone()));
-        }
-        let matched = self.listed - self.filtered;
-        let where_ = describe_prefixes(&request.source, &request.prefixes);
-        if !self.prefix_failures.is_empty() && matched == 0 {
-            let (url, message) = &self.prefix_failures[0];
-            return ("failed", Some(format!("Tether could not list {url}: {message}")));
-        }
-        if self.listed == 0 {
-            return (
-                "failed",
-                Some(format!("Nothing was found under {where_}: check the bucket name and the prefixes.")),
-            );
-        }
-        if matched == 0 {
-            return (
-                "failed",
-                Some(format!(
-                    "None of the {} objects under {where_} matched the filter: check filter.extensions (use [\"*\"] for every object).",
-                    self.listed
-                )),
-            );
-        }
-        if self.failed == matched {
-            return ("failed", Some(format!("Every matching object failed ({}).", self.codes())));
-        }
-        if self.failed > 0 || !self.prefix_failures.is_empty() {
-            let mut error = String::new();
-            if self.failed > 0 {
-                let _ =
-                    write!(error, "{} of {matched} matching objects failed ({})", self.failed, self.codes());
-            }
-            if let Some((url, message)) = self.prefix_failures.first() {
-                if !error.is_empty() {
-                    error.push_str("; ");
-                }
-                let _ = write!(
-                    error,
-                    "{} prefix(es) could not be listed, first {url}: {message}",
-                    self.prefix_failures.len()
-                );
-            }
-            error.push_str(". See tether.import_failures, fix the cause and requeue the import.");
-            return ("partially_succeeded", Some(error));
-        }
-        ("succeeded", None)
-    }
-
-    fn codes(&self) -> String {
-        self.object_failures.iter().map(|(code, n)| format!("{code}: {n}")).collect::<Vec<_>>().join(", ")
-    }
-}
-
-fn describe_prefixes(source: &Source, prefixes: &[String]) -> String {
-    let mut urls: Vec<String> = prefixes.iter().take(3).map(|p| source.url(p)).collect();
-    if prefixes.len() > 3 {
-        urls.push(format!("and {} more prefixes", prefixes.len() - 3));
-    }
-    urls.join(", ")
 }

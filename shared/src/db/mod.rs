@@ -17,6 +17,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use tokio_postgres::NoTls;
 
 use crate::contract::Secret;
+use crate::model::scope::{sqlstate_is_transient, Scope};
 
 /// Migrations in the order they apply; each runs once, recorded in
 /// `tether.schema_migrations`.
@@ -42,10 +43,45 @@ pub enum DbError {
     BadUrl(String),
     #[error("cannot get a Postgres connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("Postgres query failed: {0}")]
+    #[error("{}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("a stored row is not what Tether wrote: {0}")]
     Corrupt(String),
+}
+
+impl DbError {
+    /// Whether the error may go away by itself ([`Scope::Transient`]): no
+    /// connection, a lost one, a serialization failure. A refused value
+    /// (class 22, 23) or a corrupt row is permanent for whatever request,
+    /// task or object caused it, and the caller fails that item instead of
+    /// retrying.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Pool(_) => true,
+            DbError::Query(error) => {
+                error.as_db_error().is_none_or(|db| sqlstate_is_transient(db.code().code()))
+            }
+            DbError::BadUrl(_) | DbError::Corrupt(_) => false,
+        }
+    }
+
+    /// The scope of the error for a step whose own item is `item`.
+    pub fn scope(&self, item: Scope) -> Scope {
+        if self.is_transient() {
+            Scope::Transient
+        } else {
+            item
+        }
+    }
+}
+
+/// A Postgres error with its SQLSTATE and message: never the statement's
+/// parameters (Postgres's `detail` can quote them).
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("Postgres refused a statement (SQLSTATE {}): {}", db.code().code(), db.message()),
+        None => format!("Postgres connection failed: {error}"),
+    }
 }
 
 /// Tether's handle on Postgres: a pool plus the named queries in the

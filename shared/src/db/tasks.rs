@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use super::{DbError, Store};
 use crate::contract::{ImportRequest, Mode};
+use crate::model::FailureCode;
 use crate::task::{TaskKind, TaskMessage};
 
 /// Namespace of the UUIDv5s that identify images and failures.
@@ -117,7 +118,7 @@ pub struct ImageRow {
 #[derive(Debug, Clone)]
 pub struct FailureRow {
     pub source_url: String,
-    pub code: &'static str,
+    pub code: FailureCode,
     pub message: String,
     pub attempts: i32,
     /// The object, for a copy that `tetherctl requeue` may try again.
@@ -359,7 +360,7 @@ impl Store {
                 &task.import_id,
                 &task.message.task_id,
                 &failure.source_url,
-                &failure.code,
+                &failure.code.as_str(),
                 &failure.message,
                 &failure.attempts,
             ],
@@ -386,7 +387,7 @@ impl Store {
     /// (a requeue copies them again), and the scheduler makes it `failed`
     /// with `error`. Its counts still add up: imported + skipped + failed =
     /// listed.
-    pub async fn fail_import(&self, import_id: Uuid, error: &str, code: &'static str) -> Result<(), DbError> {
+    pub async fn fail_import(&self, import_id: Uuid, error: &str, code: FailureCode) -> Result<(), DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // Tasks first, then the import: the order page commits lock them in.
@@ -430,13 +431,15 @@ impl Store {
         Ok(())
     }
 
-    /// Counts one more failed attempt at a task's current page.
+    /// Counts one more failed attempt at a task's current page. The task's
+    /// message is parked for its retry right after: that counts as its
+    /// publication, so the scheduler does not send a duplicate meanwhile.
     pub async fn record_attempt(&self, message: TaskMessage) -> Result<i32, DbError> {
         let row = self
             .client()
             .await?
             .query_opt(
-                "UPDATE tether.tasks SET attempts = attempts + 1
+                "UPDATE tether.tasks SET attempts = attempts + 1, published_at = now()
                  WHERE task_id = $1 AND seq = $2 AND state = 'pending' RETURNING attempts",
                 &[&message.task_id, &message.seq],
             )
@@ -712,7 +715,7 @@ async fn insert_failures(
     }
     let keys: Vec<Uuid> = failures.iter().map(|f| failure_key(&f.source_url)).collect();
     let urls: Vec<&str> = failures.iter().map(|f| f.source_url.as_str()).collect();
-    let codes: Vec<&str> = failures.iter().map(|f| f.code).collect();
+    let codes: Vec<&str> = failures.iter().map(|f| f.code.as_str()).collect();
     let messages: Vec<&str> = failures.iter().map(|f| f.message.as_str()).collect();
     let attempts: Vec<i32> = failures.iter().map(|f| f.attempts).collect();
     let objects: Vec<Option<&CopyItem>> = failures.iter().map(|f| f.object.as_ref()).collect();

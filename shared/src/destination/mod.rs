@@ -23,6 +23,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 pub use self::verify::verified;
+use crate::model::{FailureCode, Scope};
 use crate::storage::gcs::GcsApi;
 use crate::storage::{ByteChunks, ByteRange, ObjectBody, StorageError};
 
@@ -40,20 +41,26 @@ pub enum DestinationError {
 }
 
 impl DestinationError {
-    /// Whether another attempt may succeed.
-    pub fn is_transient(&self) -> bool {
+    /// How far the error reaches: the source's own scope, a failed write
+    /// is transient, a bad destination fails the import.
+    pub fn scope(&self) -> Scope {
         match self {
-            DestinationError::Source(e) => e.is_transient(),
-            DestinationError::Write(_) => true,
-            DestinationError::BadUrl(_) => false,
+            DestinationError::Source(e) => e.scope(),
+            DestinationError::Write(_) => Scope::Transient,
+            DestinationError::BadUrl(_) => Scope::Import,
         }
     }
 
+    /// Whether another attempt may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.scope().is_transient()
+    }
+
     /// The contract's failure code (§3).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> FailureCode {
         match self {
             DestinationError::Source(e) => e.code(),
-            DestinationError::Write(_) | DestinationError::BadUrl(_) => "unavailable",
+            DestinationError::Write(_) | DestinationError::BadUrl(_) => FailureCode::Unavailable,
         }
     }
 }

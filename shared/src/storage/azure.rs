@@ -14,7 +14,7 @@ use reqwest::{Method, Response, StatusCode};
 
 use super::{
     http_body, unreachable, ByteRange, ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource,
-    StorageError, UNRESERVED,
+    StorageError, DOWNLOAD_TIMEOUT, UNRESERVED,
 };
 use crate::contract::{AzureSource, Secret};
 
@@ -101,7 +101,7 @@ impl ObjectSource for AzureContainer {
         let if_match = etag.map(|etag| ("If-Match", format!("\"{etag}\"")));
         let range_header = range.map(|range| ("x-ms-range", range.header()));
         let headers: Vec<_> = if_match.into_iter().chain(range_header).collect();
-        let response = self.call(Method::GET, url.clone(), &headers).await?;
+        let response = self.call_within(Method::GET, url.clone(), &headers, Some(DOWNLOAD_TIMEOUT)).await?;
         if response.status() == StatusCode::PRECONDITION_FAILED {
             // A deleted blob also fails If-Match (Azurite): tell the two apart.
             let now = self.call(Method::HEAD, url, &[]).await?;
@@ -147,12 +147,27 @@ impl AzureContainer {
     async fn call(
         &self,
         method: Method,
+        url: String,
+        headers: &[(&'static str, String)],
+    ) -> Result<Response, StorageError> {
+        self.call_within(method, url, headers, None).await
+    }
+
+    /// [`Self::call`] with a deadline of its own instead of the client's
+    /// (an object's download).
+    async fn call_within(
+        &self,
+        method: Method,
         mut url: String,
         headers: &[(&'static str, String)],
+        timeout: Option<std::time::Duration>,
     ) -> Result<Response, StorageError> {
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(self.sas.expose());
         let mut request = self.http.request(method, url).header("x-ms-version", API_VERSION);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         for (name, value) in headers {
             request = request.header(*name, value);
         }

@@ -17,7 +17,7 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 
 use super::{
     http_body, unreachable, ByteRange, ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource,
-    StorageError, UNRESERVED,
+    StorageError, DOWNLOAD_TIMEOUT, UNRESERVED,
 };
 use crate::contract::GcsSource;
 use crate::credentials::gcp::{GcpTokens, GcsAccess};
@@ -68,7 +68,7 @@ impl GcsApi {
         query: &[(&str, &str)],
         range: Option<ByteRange>,
     ) -> RequestBuilder {
-        let request = self.http.get(url).query(&[("alt", "media")]).query(query);
+        let request = self.http.get(url).query(&[("alt", "media")]).query(query).timeout(DOWNLOAD_TIMEOUT);
         match range {
             Some(range) => request.header(reqwest::header::RANGE, range.header()),
             None => request,

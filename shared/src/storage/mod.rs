@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::contract::{Secret, Source};
 use crate::credentials::CredentialError;
+use crate::model::{FailureCode, Scope};
 use crate::secrets::SecretsKey;
 
 /// An object as a listing describes it.
@@ -168,29 +169,41 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// How far the error reaches (for a listing: the object scope means
+    /// its prefix). The one place a storage error is classified.
+    pub fn scope(&self) -> Scope {
+        match self {
+            StorageError::Throttled(_)
+            | StorageError::Unavailable(_)
+            | StorageError::CredentialsExpired(_)
+            | StorageError::Credentials(CredentialError::Unavailable(_)) => Scope::Transient,
+            StorageError::BucketNotFound(_) | StorageError::Credentials(CredentialError::Refused { .. }) => {
+                Scope::Import
+            }
+            StorageError::AccessDenied(_)
+            | StorageError::ObjectNotFound(_)
+            | StorageError::Changed(_)
+            | StorageError::Corrupt(_) => Scope::Object,
+        }
+    }
+
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StorageError::Throttled(_)
-                | StorageError::Unavailable(_)
-                | StorageError::CredentialsExpired(_)
-                | StorageError::Credentials(CredentialError::Unavailable(_))
-        )
+        self.scope().is_transient()
     }
 
     /// The contract's failure code (§3).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> FailureCode {
         match self {
-            StorageError::BucketNotFound(_) | StorageError::ObjectNotFound(_) => "not_found",
-            StorageError::Changed(_) => "changed_during_copy",
-            StorageError::Corrupt(_) => "checksum_mismatch",
+            StorageError::BucketNotFound(_) | StorageError::ObjectNotFound(_) => FailureCode::NotFound,
+            StorageError::Changed(_) => FailureCode::ChangedDuringCopy,
+            StorageError::Corrupt(_) => FailureCode::ChecksumMismatch,
             StorageError::AccessDenied(_)
             | StorageError::CredentialsExpired(_)
-            | StorageError::Credentials(CredentialError::Refused { .. }) => "access_denied",
-            StorageError::Throttled(_) => "throttled",
+            | StorageError::Credentials(CredentialError::Refused { .. }) => FailureCode::AccessDenied,
+            StorageError::Throttled(_) => FailureCode::Throttled,
             StorageError::Unavailable(_) | StorageError::Credentials(CredentialError::Unavailable(_)) => {
-                "unavailable"
+                FailureCode::Unavailable
             }
         }
     }
@@ -284,14 +297,24 @@ impl Sources {
 /// The HTTP client of GCS, Azure and IAM calls: one connection pool, and no
 /// redirects (a redirect would carry an Azure URL, SAS token included,
 /// elsewhere).
-pub fn http_client(read_timeout: std::time::Duration) -> Result<reqwest::Client, String> {
+pub fn http_client(
+    read_timeout: std::time::Duration,
+    call_timeout: std::time::Duration,
+) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(10))
         .read_timeout(read_timeout)
+        // Whole calls (headers and body) end within this; an object's
+        // download sets its own ([`DOWNLOAD_TIMEOUT`]).
+        .timeout(call_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| e.without_url().to_string())
 }
+
+/// How long an object's download may take in all: a copy's deadline is its
+/// task's (`TETHER_TASK_TIMEOUT_SECS`); this only bounds a stray stream.
+pub(crate) const DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
 /// A transport failure (connection refused or reset, timeout), described
 /// without the request's URL: an Azure URL carries the SAS token.

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub task_duration: HistogramVec,
     /// kind
     pub tasks_in_flight: IntGaugeVec,
+    /// kind: tasks stopped at their deadline (a store or the database hangs)
+    pub tasks_timed_out: IntCounterVec,
     /// provider
     pub credential_refreshes: IntCounterVec,
     /// provider
@@ -157,6 +159,12 @@ impl Metrics {
             ),
             task_duration: durations,
             tasks_in_flight: gauge_vec(&r, "tether_tasks_in_flight", "Tasks being worked on now.", &["kind"]),
+            tasks_timed_out: counter(
+                &r,
+                "tether_tasks_timed_out_total",
+                "Tasks stopped at their deadline (TETHER_TASK_TIMEOUT_SECS): a store or the database hangs.",
+                &["kind"],
+            ),
             credential_refreshes: counter(
                 &r,
                 "tether_credential_refreshes_total",
