@@ -160,6 +160,8 @@ impl TestEnv {
             gcs_allow_own_identity: false,
             tick_secs: 0.1,
             republish_after_secs: 300.0,
+            fair_import_tasks: 32,
+            fair_workspace_tasks: 64,
         }
     }
 

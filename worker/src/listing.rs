@@ -51,13 +51,13 @@ impl Worker {
         };
         match commit {
             PageCommit::Stale | PageCommit::OverCap => {}
-            PageCommit::Committed { imported, unchanged, next, copies, sub_prefixes } => {
+            PageCommit::Committed { imported, unchanged, next, copy_tasks, sub_prefix_tasks } => {
                 tracing::debug!(
                     listed = result.listed,
                     imported,
                     unchanged,
-                    copy_tasks = copies.len(),
-                    sub_prefix_tasks = sub_prefixes.len(),
+                    copy_tasks,
+                    sub_prefix_tasks,
                     "Page committed."
                 );
                 if let Some(from) = &fan_out.recursive_from {
@@ -81,13 +81,11 @@ impl Worker {
                 for failure in &result.failures {
                     m.objects_failed.with_label_values(&[provider, mode, failure.code]).inc();
                 }
-                if !copies.is_empty() {
-                    self.publish(TaskKind::Copy, &copies).await;
-                }
-                let mut lists = sub_prefixes;
-                lists.extend(next);
-                if !lists.is_empty() {
-                    self.publish(TaskKind::List, &lists).await;
+                // The next page keeps this task's slot; its copy and
+                // sub-prefix tasks wait for the scheduler to release them
+                // within the fair share.
+                if let Some(next) = next {
+                    self.publish(TaskKind::List, &[next]).await;
                 }
             }
         }

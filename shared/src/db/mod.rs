@@ -1,10 +1,11 @@
 //! Postgres: the pool, the migrations, and every query Tether runs, grouped by
-//! what they touch ([`imports`], [`tasks`], [`events`]), for staff
+//! what they touch ([`imports`], [`tasks`], [`events`], [`dispatch`]), for staff
 //! [`admin`], and for the access API [`access`]. Postgres is the source
 //! of truth; RabbitMQ messages only say "look at this row now".
 
 pub mod access;
 pub mod admin;
+pub mod dispatch;
 pub mod events;
 pub mod imports;
 pub mod tasks;
@@ -27,6 +28,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0005_list_fan_out", include_str!("../../../migrations/0005_list_fan_out.sql")),
     ("0006_task_ended_notify", include_str!("../../../migrations/0006_task_ended_notify.sql")),
     ("0010_access_credentials", include_str!("../../../migrations/0010_access_credentials.sql")),
+    ("0015_fair_dispatch", include_str!("../../../migrations/0015_fair_dispatch.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises schedulers
