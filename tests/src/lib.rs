@@ -186,6 +186,9 @@ impl TestEnv {
             copy_batch_objects: 10,
             copy_batch_bytes: 1 << 30,
             copy_max_attempts: 3,
+            budget_list_per_sec: 2500.0,
+            budget_read_per_sec: 3000.0,
+            budget_recovery_secs: 30.0,
         }
     }
 

@@ -99,11 +99,7 @@ impl Worker {
             self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED, "unavailable").await?;
             return Ok(Outcome::Done);
         };
-        let source = match self
-            .sources
-            .open(&task.request.source, task.import_id, task.sealed_secret.as_deref())
-            .await
-        {
+        let source = match self.open_source(task).await {
             Ok(source) => source,
             Err(error) if error.is_transient() => {
                 let attempts = self.store.record_attempt(task.message).await?;

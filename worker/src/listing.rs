@@ -28,11 +28,7 @@ impl Worker {
             self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED, "unavailable").await?;
             return Ok(Outcome::Done);
         }
-        let listed = match self
-            .sources
-            .open(&task.request.source, task.import_id, task.sealed_secret.as_deref())
-            .await
-        {
+        let listed = match self.open_source(task).await {
             Ok(source) => source.list_page(query).await,
             Err(error) => Err(error),
         };

@@ -1,10 +1,11 @@
 //! Postgres: the pool, the migrations, and every query Tether runs, grouped by
-//! what they touch ([`imports`], [`tasks`], [`events`], [`dispatch`]), for staff
+//! what they touch ([`imports`], [`tasks`], [`events`], [`dispatch`], [`budgets`]), for staff
 //! [`admin`], and for the access API [`access`]. Postgres is the source
 //! of truth; RabbitMQ messages only say "look at this row now".
 
 pub mod access;
 pub mod admin;
+pub mod budgets;
 pub mod dispatch;
 pub mod events;
 pub mod imports;
@@ -29,6 +30,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0006_task_ended_notify", include_str!("../../../migrations/0006_task_ended_notify.sql")),
     ("0010_access_credentials", include_str!("../../../migrations/0010_access_credentials.sql")),
     ("0015_fair_dispatch", include_str!("../../../migrations/0015_fair_dispatch.sql")),
+    ("0016_request_budgets", include_str!("../../../migrations/0016_request_budgets.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises schedulers
