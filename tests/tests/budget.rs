@@ -14,7 +14,10 @@ use tether_tests::{service_var, TestEnv};
 fn peak(arrivals: &[Instant], window: Duration) -> usize {
     let mut sorted = arrivals.to_vec();
     sorted.sort();
-    (0..sorted.len()).map(|i| sorted[i..].iter().take_while(|t| **t - sorted[i] < window).count()).max().unwrap_or(0)
+    (0..sorted.len())
+        .map(|i| sorted[i..].iter().take_while(|t| **t - sorted[i] < window).count())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Arrivals per second from the first to the last.
@@ -49,7 +52,10 @@ async fn three_workers_stay_within_the_budget_and_slow_down_when_throttled() {
     let mut request = env.request("budget", &["b/"]);
     request["mode"] = json!("copy");
     let status = env.wait_final_within(env.submit(&request).await, Duration::from_secs(120)).await;
-    assert_eq!((status["state"].as_str(), status["objects_imported"].as_i64()), (Some("succeeded"), Some(160)));
+    assert_eq!(
+        (status["state"].as_str(), status["objects_imported"].as_i64()),
+        (Some("succeeded"), Some(160))
+    );
     let (reads, lists) = (proxy.counts.arrivals(false), proxy.counts.arrivals(true));
     let (read_peak, list_peak) = (peak(&reads, Duration::from_secs(2)), peak(&lists, Duration::from_secs(2)));
     let unthrottled_rate = mean_rate(&reads);
@@ -77,7 +83,10 @@ async fn three_workers_stay_within_the_budget_and_slow_down_when_throttled() {
     let mut request = env.request("budget-throttled", &["t/"]);
     request["mode"] = json!("copy");
     let status = env.wait_final_within(env.submit(&request).await, Duration::from_secs(180)).await;
-    assert_eq!((status["state"].as_str(), status["objects_imported"].as_i64()), (Some("succeeded"), Some(40)));
+    assert_eq!(
+        (status["state"].as_str(), status["objects_imported"].as_i64()),
+        (Some("succeeded"), Some(40))
+    );
     let reads = throttling.counts.arrivals(false);
     let throttled_rate = mean_rate(&reads);
     let slowed = throttling.counts.slowed_down.load(Ordering::Relaxed);

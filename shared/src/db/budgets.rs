@@ -101,7 +101,12 @@ impl Store {
     /// The store throttled a request of (`bucket`, `class`): halves its rate
     /// (not below `floor`) and empties its tokens, at most once a second
     /// however many workers saw it. Returns the new rate if it was lowered.
-    pub async fn slow_down(&self, bucket: &str, class: RequestClass, floor: f64) -> Result<Option<f64>, DbError> {
+    pub async fn slow_down(
+        &self,
+        bucket: &str,
+        class: RequestClass,
+        floor: f64,
+    ) -> Result<Option<f64>, DbError> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(

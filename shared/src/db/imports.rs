@@ -260,8 +260,10 @@ impl Store {
             .await?;
         let task = client
             .query_one(
+                // Released tasks only: a held task waits its turn by design
+                // (the fair-share gauges show those).
                 "SELECT coalesce(extract(epoch FROM now() - min(updated_at)), 0)::int8
-                 FROM tether.tasks WHERE state = 'pending'",
+                 FROM tether.tasks WHERE state = 'pending' AND NOT held",
                 &[],
             )
             .await?;

@@ -82,7 +82,12 @@ impl RequestBudgets {
     }
 
     /// Waits for a token of (`bucket`, `class`).
-    async fn acquire(&self, bucket: &str, class: RequestClass, provider: &'static str) -> Result<(), DbError> {
+    async fn acquire(
+        &self,
+        bucket: &str,
+        class: RequestClass,
+        provider: &'static str,
+    ) -> Result<(), DbError> {
         let ceiling = self.config.ceiling(class);
         if ceiling <= 0.0 {
             return Ok(());
@@ -100,11 +105,16 @@ impl RequestBudgets {
                     entry.tokens -= 1;
                     break;
                 }
-                if entry.rate > 0.0 { entry.rate } else { ceiling }
+                if entry.rate > 0.0 {
+                    entry.rate
+                } else {
+                    ceiling
+                }
             };
             // About 50 ms of the rate, at least one.
             let want = (rate / 20.0).clamp(1.0, 1000.0) as u32;
-            let grant = self.store.take_tokens(bucket, class, want, ceiling, self.config.recovery_secs).await?;
+            let grant =
+                self.store.take_tokens(bucket, class, want, ceiling, self.config.recovery_secs).await?;
             {
                 let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
                 let entry = held.entry(key.clone()).or_default();
@@ -139,7 +149,12 @@ impl RequestBudgets {
         match self.store.slow_down(bucket, class, FLOOR).await {
             Ok(Some(rate)) => {
                 metrics().budget_slowdowns.with_label_values(&[provider]).inc();
-                tracing::info!(bucket, class = class.as_str(), rate, "The store throttled Tether; the fleet slows down on this bucket.");
+                tracing::info!(
+                    bucket,
+                    class = class.as_str(),
+                    rate,
+                    "The store throttled Tether; the fleet slows down on this bucket."
+                );
             }
             Ok(None) => {}
             Err(error) => tracing::warn!(%error, "Cannot lower the request budget."),
