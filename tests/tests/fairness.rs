@@ -82,8 +82,14 @@ async fn a_small_copy_import_is_not_stuck_behind_a_big_one() {
     eprintln!("copy: 10 objects alone {alone:?}, behind 5,000 objects {behind:?}: x{ratio:.2}");
     assert!(ratio <= 3.0, "the small import took x{ratio:.2} its time alone ({behind:?} vs {alone:?})");
 
-    let big = final_status(&env, big, Duration::from_secs(300)).await;
-    assert_eq!((big["state"].as_str(), big["objects_imported"].as_i64()), (Some("succeeded"), Some(5000)));
+    // Its end is not what this test is about (copy_import.rs checks copies).
+    env.publish_raw(
+        "import.cancel",
+        json!({ "import_id": big }).to_string().as_bytes(),
+        Some("application/json"),
+    )
+    .await;
+    assert_eq!(final_status(&env, big, Duration::from_secs(60)).await["state"], "cancelled");
     fleet.stop().await;
 }
 
