@@ -77,7 +77,8 @@ impl Worker {
                 for failure in &result.failures {
                     m.objects_failed.with_label_values(&[provider, mode, failure.code]).inc();
                 }
-                // The next page keeps this task's slot; its copy and
+                // The next page (or the sub-prefix task that inherits the
+                // slot of a task that ended) goes out now; the other copy and
                 // sub-prefix tasks wait for the scheduler to release them
                 // within the fair share.
                 if let Some(next) = next {

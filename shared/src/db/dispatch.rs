@@ -12,7 +12,8 @@
 //! large the others are.
 //!
 //! A listing task keeps its slot while it pages on (the next page is the
-//! same task); a slot frees when its task ends, which wakes the scheduler
+//! same task) and hands it to its first sub-prefix task when it ends (see
+//! `commit_page`); otherwise a slot frees when its task ends, which wakes the scheduler
 //! (`tether_task_ended`) to release the next. One pass at a time holds an
 //! advisory lock, so two schedulers never exceed a cap together.
 

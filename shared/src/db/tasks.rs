@@ -164,7 +164,8 @@ pub enum PageCommit {
     Committed {
         imported: i64,
         unchanged: i64,
-        /// The message for the next page, to publish after the commit.
+        /// The listing message to publish after the commit: the next page,
+        /// or, when this task ended, the sub-prefix task that took its slot.
         next: Option<TaskMessage>,
         /// Copy tasks made from this page (copy mode), recorded held: the
         /// scheduler releases them within the fair share ([`super::dispatch`]).
@@ -286,7 +287,21 @@ impl Store {
             Some(TaskMessage { task_id: task.message.task_id, seq: task.message.seq + 1 })
         } else {
             finish_task(&tx, task.message).await?;
-            None
+            match sub_prefixes.first() {
+                // The ending task hands its slot to its first sub-prefix: no
+                // cap is passed, and a deep chain of single sub-prefixes
+                // goes on without waiting for the scheduler at each level.
+                Some(heir) => {
+                    let statement = tx
+                        .prepare_cached(
+                            "UPDATE tether.tasks SET held = false, published_at = now() WHERE task_id = $1",
+                        )
+                        .await?;
+                    tx.execute(&statement, &[&heir.task_id]).await?;
+                    Some(*heir)
+                }
+                None => None,
+            }
         };
         tx.commit().await?;
         Ok(PageCommit::Committed {
