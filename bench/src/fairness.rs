@@ -1,6 +1,6 @@
 //! Fair share at a larger size than the tests (`tests/tests/fairness.rs`):
 //! a 10-object copy import of one workspace, alone and then submitted once
-//! a 20,000-object copy import of another workspace has recorded all its
+//! a 10,000-object copy import of another workspace has recorded all its
 //! copy tasks; and a 1-prefix link import alone and behind a 2,000-prefix
 //! one. The figure is the ratio of the two times to the final state (goal:
 //! at most 3). The big imports are cancelled once measured.
@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::procs::Fleet;
 use crate::Measurement;
 
-const BIG_COPY: usize = 20_000;
+const BIG_COPY: usize = 10_000;
 const BIG_LINK_PREFIXES: usize = 2_000;
 const FINAL_STATES: [&str; 4] = ["succeeded", "partially_succeeded", "failed", "cancelled"];
 
