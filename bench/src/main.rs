@@ -13,15 +13,20 @@
 //! - `copy`: copy imports between two moto buckets against `rclone copy`.
 //! - `api`: the access API's signing and proxy against the bare SDK
 //!   presigner and a direct GET ([`api`]).
+//! - `fairness`: a small import's time to final alone and behind a big
+//!   import of another workspace ([`fairness`]); on the test services'
+//!   moto when run alone (`tether-bench fairness`), it needs none of the
+//!   benchmark's seeded stores.
 //!
 //! Each Tether figure: wall time from request to final state, objects/s and
 //! MB/s, CPU seconds of the three Tether processes plus every PostgreSQL
 //! process (utime + stime, the difference over the run), CPU µs per object,
-//! and each process's peak RSS. `tether-bench [link] [copy] [api]` runs the named
-//! ones (default: all).
+//! and each process's peak RSS. `tether-bench [link] [copy] [api] [fairness]` runs
+//! the named ones (default: all).
 
 mod api;
 mod copy;
+mod fairness;
 mod link;
 mod procs;
 mod stores;
@@ -105,26 +110,34 @@ fn main() {
     let wanted = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime");
-    let stores = runtime.block_on(Stores::start(&root, wanted("link")));
-    // Everything (this process's clients, Tether's processes, rclone's S3
-    // remote) talks to the benchmark's stores. Set before any thread of
-    // ours reads the environment.
-    std::env::set_var("AWS_ENDPOINT_URL_S3", &stores.s3_endpoint);
-    std::env::set_var("AWS_ENDPOINT_URL_STS", &stores.s3_endpoint);
-    std::env::set_var("STORAGE_EMULATOR_HOST", &stores.gcs_endpoint);
+    let needs_stores = ["link", "copy", "api"].iter().any(|name| wanted(name));
+    let stores = needs_stores.then(|| runtime.block_on(Stores::start(&root, wanted("link"))));
+    if let Some(stores) = &stores {
+        // Everything (this process's clients, Tether's processes, rclone's
+        // S3 remote) talks to the benchmark's stores. Set before any thread
+        // of ours reads the environment.
+        std::env::set_var("AWS_ENDPOINT_URL_S3", &stores.s3_endpoint);
+        std::env::set_var("AWS_ENDPOINT_URL_STS", &stores.s3_endpoint);
+        std::env::set_var("STORAGE_EMULATOR_HOST", &stores.gcs_endpoint);
+    }
     let measurements = runtime.block_on(async {
         let env = TestEnv::new().await;
         let mut measurements = Vec::new();
-        if wanted("link") {
-            for provider in [Provider::S3, Provider::Gcs] {
-                measurements.extend(link::run(&env, &stores, provider).await);
+        if let Some(stores) = &stores {
+            if wanted("link") {
+                for provider in [Provider::S3, Provider::Gcs] {
+                    measurements.extend(link::run(&env, stores, provider).await);
+                }
+            }
+            if wanted("copy") {
+                measurements.extend(copy::run(&env, stores).await);
+            }
+            if wanted("api") {
+                measurements.extend(api::run(&env).await);
             }
         }
-        if wanted("copy") {
-            measurements.extend(copy::run(&env, &stores).await);
-        }
-        if wanted("api") {
-            measurements.extend(api::run(&env).await);
+        if wanted("fairness") {
+            measurements.extend(fairness::run(&env).await);
         }
         measurements
     });
@@ -236,6 +249,14 @@ fn report(measurements: &[Measurement]) -> Value {
     if let (Some(big), Some(small)) = (find("s3", "link flat", true), find("s3", "link flat-10k", true)) {
         let growth = big.peak_rss("worker") / small.peak_rss("worker");
         target("worker peak RSS, 100,000 / 10,000 flat objects".into(), growth, "<= 1.10", growth <= 1.10);
+    }
+    for mode in ["copy", "link"] {
+        let alone = measurements.iter().find(|m| m.run == format!("fair {mode} alone"));
+        let behind = measurements.iter().find(|m| m.run.starts_with(&format!("fair {mode} behind")));
+        if let (Some(alone), Some(behind)) = (alone, behind) {
+            let ratio = behind.seconds / alone.seconds;
+            target(format!("fair share: {}, time / time alone", behind.run), ratio, "<= 3", ratio <= 3.0);
+        }
     }
     json!({
         "measurements": measurements.iter().map(Measurement::json).collect::<Vec<_>>(),

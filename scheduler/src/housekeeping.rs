@@ -3,18 +3,21 @@
 //! another) picks up where it stopped.
 //!
 //! 1. Finish imports whose tasks have all ended (state, error, event).
-//! 2. Publish the FinishedEvent outbox, marking events once confirmed.
-//! 3. Re-publish pending tasks whose message went out long ago without
+//! 2. Release held tasks within the fair share and publish them
+//!    ([`tether_shared::db::dispatch`]).
+//! 3. Publish the FinishedEvent outbox, marking events once confirmed.
+//! 4. Re-publish pending tasks whose message went out long ago without
 //!    progress since: the message may have been lost.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tether_shared::contract::{REJECTED_QUEUE, REQUEST_QUEUE};
+use tether_shared::db::dispatch::FairShare;
 use tether_shared::db::Store;
 use tether_shared::model::ImportState;
 use tether_shared::queue::{Link, QueueError};
-use tether_shared::task::{TaskKind, REQUEST_DEAD_LETTER_QUEUE, TASK_DEAD_LETTER_QUEUE};
+use tether_shared::task::{TaskKind, TaskMessage, REQUEST_DEAD_LETTER_QUEUE, TASK_DEAD_LETTER_QUEUE};
 use tether_shared::telemetry::metrics;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -42,13 +45,25 @@ pub(crate) struct Keeper {
     /// Publishes through whichever connection is current.
     link: Link,
     republish_after_secs: f64,
+    share: FairShare,
     last_complaint: Option<Instant>,
     last_gauges: Option<Instant>,
+    /// Workspaces the fair-share gauges showed last time, so that those
+    /// whose work ended are dropped from them.
+    shown_workspaces: Vec<(String, &'static str)>,
 }
 
 impl Keeper {
-    pub(crate) fn new(store: Store, link: Link, republish_after_secs: f64) -> Self {
-        Self { store, link, republish_after_secs, last_complaint: None, last_gauges: None }
+    pub(crate) fn new(store: Store, link: Link, republish_after_secs: f64, share: FairShare) -> Self {
+        Self {
+            store,
+            link,
+            republish_after_secs,
+            share,
+            last_complaint: None,
+            last_gauges: None,
+            shown_workspaces: Vec::new(),
+        }
     }
 
     /// Runs a pass every `tick`, and at once when `wake` is notified (a task
@@ -67,7 +82,12 @@ impl Keeper {
     }
 
     async fn pass(&mut self) -> Result<(), SchedulerError> {
+        // Finishing first: an import whose last task just ended is final
+        // without waiting for the releases of the others.
         self.store.finish_ready_imports().await?;
+        let released = self.store.release_tasks(self.share).await?;
+        // Committed already: if publishing fails, step 4 re-publishes them.
+        self.publish_tasks(&released).await?;
         if self.last_gauges.is_none_or(|t| t.elapsed() >= GAUGE_INTERVAL) {
             self.last_gauges = Some(Instant::now());
             self.read_gauges().await?;
@@ -75,18 +95,24 @@ impl Keeper {
         let lost = self.store.tasks_to_republish(self.republish_after_secs, BATCH).await?;
         if !lost.is_empty() {
             tracing::warn!(tasks = lost.len(), "Re-publishing tasks whose message may have been lost.");
-            for kind in TaskKind::ALL {
-                let messages: Vec<_> = lost.iter().filter(|(k, _)| *k == kind).map(|(_, m)| *m).collect();
-                if !messages.is_empty() {
-                    self.link.publisher()?.publish_tasks(kind, &messages).await?;
-                }
-            }
+            self.publish_tasks(&lost).await?;
         }
         self.publish_events().await
     }
 
+    async fn publish_tasks(&self, tasks: &[(TaskKind, TaskMessage)]) -> Result<(), SchedulerError> {
+        for kind in TaskKind::ALL {
+            let messages: Vec<_> = tasks.iter().filter(|(k, _)| *k == kind).map(|(_, m)| *m).collect();
+            if !messages.is_empty() {
+                self.link.publisher()?.publish_tasks(kind, &messages).await?;
+                metrics().fair_releases.with_label_values(&[kind.as_str()]).inc_by(messages.len() as u64);
+            }
+        }
+        Ok(())
+    }
+
     /// Sets the gauges that only Postgres and the broker know.
-    async fn read_gauges(&self) -> Result<(), SchedulerError> {
+    async fn read_gauges(&mut self) -> Result<(), SchedulerError> {
         let m = metrics();
         let gauges = self.store.gauges().await?;
         for state in ImportState::ALL {
@@ -99,6 +125,29 @@ impl Keeper {
         for queue in WATCHED_QUEUES {
             let depth = self.link.publisher()?.queue_depth(queue).await?;
             m.queue_messages.with_label_values(&[queue]).set(i64::from(depth));
+        }
+        self.read_fair_share().await
+    }
+
+    /// Tasks held back, in flight and the share of each workspace with work.
+    async fn read_fair_share(&mut self) -> Result<(), SchedulerError> {
+        let m = metrics();
+        let loads = self.store.workspace_loads().await?;
+        for (workspace, kind) in std::mem::take(&mut self.shown_workspaces) {
+            let labels = [workspace.as_str(), kind];
+            let _ = m.fair_tasks_held.remove_label_values(&labels);
+            let _ = m.fair_tasks_in_flight.remove_label_values(&labels);
+            let _ = m.fair_share.remove_label_values(&labels);
+        }
+        for load in &loads {
+            let kind = load.kind.as_str();
+            let total: i64 = loads.iter().filter(|l| l.kind == load.kind).map(|l| l.in_flight).sum();
+            let labels = [load.workspace_id.as_str(), kind];
+            m.fair_tasks_held.with_label_values(&labels).set(load.held);
+            m.fair_tasks_in_flight.with_label_values(&labels).set(load.in_flight);
+            let share = if total > 0 { load.in_flight as f64 / total as f64 } else { 0.0 };
+            m.fair_share.with_label_values(&labels).set(share);
+            self.shown_workspaces.push((load.workspace_id.clone(), kind));
         }
         Ok(())
     }

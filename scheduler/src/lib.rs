@@ -1,11 +1,13 @@
 //! The Tether scheduler: the only consumer of `tether.import-requests`.
 //!
 //! - [`requests`]: validates each request (contract §2), records it and its
-//!   listing tasks in one transaction, publishes the tasks, or moves the
-//!   request to `tether.rejected`; handles `import.cancel`.
-//! - [`housekeeping`]: a periodic pass that finishes imports whose tasks have
-//!   all ended, publishes the FinishedEvent outbox, and re-publishes tasks
-//!   whose message was lost.
+//!   listing tasks (held, for the housekeeping to release) in one
+//!   transaction, or moves the request to `tether.rejected`; handles
+//!   `import.cancel`.
+//! - [`housekeeping`]: a periodic pass (and one at once whenever a task is
+//!   recorded or ends) that releases held tasks within the fair share,
+//!   finishes imports whose tasks have all ended, publishes the
+//!   FinishedEvent outbox, and re-publishes tasks whose message was lost.
 
 mod housekeeping;
 mod requests;
@@ -18,6 +20,7 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use tether_shared::config::CommonConfig;
 use tether_shared::contract::{ValidationOptions, REQUEST_QUEUE};
+use tether_shared::db::dispatch::FairShare;
 use tether_shared::db::{DbError, Store};
 use tether_shared::queue::{self, Link, QueueError};
 use tether_shared::telemetry::{self, Readiness};
@@ -45,6 +48,16 @@ pub struct SchedulerConfig {
     /// ago without progress since (its message may have been lost).
     #[arg(long, env = "TETHER_TASK_REPUBLISH_AFTER_SECS", default_value_t = 300.0)]
     pub republish_after_secs: f64,
+    /// Fair share: tasks of one kind (list, copy) of one import released to
+    /// RabbitMQ at once; the rest wait in Postgres. About the fleet's slots
+    /// (workers x TETHER_WORKER_CONCURRENCY for listing) lets a lone import
+    /// use the whole fleet; less makes newcomers wait less behind it.
+    #[arg(long, env = "TETHER_FAIR_IMPORT_TASKS", default_value_t = 32, value_parser = clap::value_parser!(i64).range(1..))]
+    pub fair_import_tasks: i64,
+    /// Fair share: tasks of one kind of one workspace released at once,
+    /// all its imports together (at least TETHER_FAIR_IMPORT_TASKS).
+    #[arg(long, env = "TETHER_FAIR_WORKSPACE_TASKS", default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..))]
+    pub fair_workspace_tasks: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,17 +90,22 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
     }
     tracing::info!("Scheduler started.");
 
+    let share = FairShare {
+        import_tasks: config.fair_import_tasks,
+        workspace_tasks: config.fair_workspace_tasks.max(config.fair_import_tasks),
+    };
+    let wake = Arc::new(Notify::new());
     let handler = requests::Handler::new(
         store.clone(),
         link.clone(),
         ValidationOptions::new(config.gcs_allow_own_identity, config.destination.as_deref()),
         config.common.secrets_key.clone(),
+        Arc::clone(&wake),
     );
-    let keeper = housekeeping::Keeper::new(store.clone(), link.clone(), config.republish_after_secs);
+    let keeper = housekeeping::Keeper::new(store.clone(), link.clone(), config.republish_after_secs, share);
     // The scheduler's own token, so that stopping it stops the housekeeping
     // without cancelling whatever else shares the caller's token.
     let stop = shutdown.child_token();
-    let wake = Arc::new(Notify::new());
     let listener_task = tokio::spawn({
         let (store, wake, stop) = (store, Arc::clone(&wake), stop.clone());
         async move { store.listen_for_ended_tasks(wake, stop).await }

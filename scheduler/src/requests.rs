@@ -6,6 +6,9 @@
 //! refusing a value of the request) rejects it at once, so that one request
 //! never stops intake for every tenant.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use backon::Retryable;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -18,8 +21,8 @@ use tether_shared::db::{DbError, Store};
 use tether_shared::model::{rejection, retry};
 use tether_shared::queue::{Link, QueueError};
 use tether_shared::secrets::SecretsKey;
-use tether_shared::task::TaskKind;
 use tether_shared::telemetry::metrics;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +48,8 @@ pub(crate) struct Handler {
     link: Link,
     options: ValidationOptions,
     secrets: Option<SecretsKey>,
+    /// Wakes the housekeeping, which releases a new import's tasks.
+    wake: Arc<Notify>,
 }
 
 impl Handler {
@@ -53,8 +58,9 @@ impl Handler {
         link: Link,
         options: ValidationOptions,
         secrets: Option<SecretsKey>,
+        wake: Arc<Notify>,
     ) -> Self {
-        Self { store, link, options, secrets }
+        Self { store, link, options, secrets, wake }
     }
 
     pub(crate) async fn handle(&self, delivery: Delivery, shutdown: &CancellationToken) {
@@ -105,14 +111,11 @@ impl Handler {
             Ok(ValidRequest { request, digest }) => {
                 let sealed = self.seal_secret(&request);
                 match self.store.record_import(&request, &digest, sealed.as_deref()).await? {
-                    Recorded::Created(tasks) => {
-                        tracing::info!(import_id = %request.import_id, tasks = tasks.len(), "Import recorded.");
-                        let published =
-                            async { self.link.publisher()?.publish_tasks(TaskKind::List, &tasks).await };
-                        if let Err(error) = published.await {
-                            // Committed already: the housekeeping re-publishes them.
-                            tracing::warn!(%error, import_id = %request.import_id, "Could not publish the listing tasks yet.");
-                        }
+                    Recorded::Created => {
+                        tracing::info!(import_id = %request.import_id, prefixes = request.prefixes.len(), "Import recorded.");
+                        // Its listing tasks are held: the housekeeping
+                        // releases them within the fair share.
+                        self.wake.notify_one();
                         Ok(())
                     }
                     Recorded::Duplicate => {

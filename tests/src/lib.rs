@@ -161,6 +161,8 @@ impl TestEnv {
             destination: None,
             tick_secs: 0.1,
             republish_after_secs: 300.0,
+            fair_import_tasks: 32,
+            fair_workspace_tasks: 64,
         }
     }
 
@@ -190,6 +192,9 @@ impl TestEnv {
             copy_max_attempts: 3,
             task_timeout_secs: 240,
             store_timeout_secs: 60,
+            budget_list_per_sec: 2500.0,
+            budget_read_per_sec: 3000.0,
+            budget_recovery_secs: 30.0,
         }
     }
 

@@ -3,7 +3,8 @@
 //! `503 SlowDown`, another share has its connection dropped, the rest is
 //! forwarded untouched. It can also play S3's region rule, which moto does
 //! not enforce: a request signed for another region than the bucket's is
-//! refused the way S3 refuses it.
+//! refused the way S3 refuses it. It notes when each request arrived, so a
+//! test can read the rate the store saw.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -45,6 +46,17 @@ pub struct Counts {
     pub misdirected: AtomicU64,
     /// Forwarded requests that asked for a byte range.
     pub ranged: AtomicU64,
+    /// When each request arrived, and whether it was a listing (whatever
+    /// the answer): the rate a store sees.
+    pub arrivals: std::sync::Mutex<Vec<(std::time::Instant, bool)>>,
+}
+
+impl Counts {
+    /// The arrival times of listings (`lists`) or of other requests.
+    pub fn arrivals(&self, lists: bool) -> Vec<std::time::Instant> {
+        let arrivals = self.arrivals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        arrivals.iter().filter(|(_, list)| *list == lists).map(|(t, _)| *t).collect()
+    }
 }
 
 /// A running proxy; stops when dropped.
@@ -117,6 +129,12 @@ async fn handle(
     counts: Arc<Counts>,
     faults: Faults,
 ) -> Result<Response<ProxyBody>, Dropped> {
+    let list = request.uri().query().is_some_and(|q| q.split('&').any(|p| p.starts_with("list-type=")));
+    counts
+        .arrivals
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push((std::time::Instant::now(), list));
     if let Some(response) = faults.bucket_region.and_then(|region| misdirected(&request, region)) {
         counts.misdirected.fetch_add(1, Ordering::Relaxed);
         return Ok(response);

@@ -1,6 +1,7 @@
 //! Lost and duplicated task messages: the effect stays exactly once.
 
 use tether_shared::contract::{parse_request, ValidationOptions};
+use tether_shared::db::dispatch::FairShare;
 use tether_shared::db::imports::Recorded;
 use tether_tests::TestEnv;
 
@@ -31,16 +32,20 @@ async fn duplicated_task_messages_never_double_count() {
 async fn tasks_whose_message_was_lost_are_republished() {
     let env = TestEnv::new().await;
     env.put_many((0..9).map(|i| format!("lost/{i}.jpg"))).await;
-    let mut scheduler = env.scheduler_config();
-    scheduler.republish_after_secs = 1.0;
-    let fleet = env.start(vec![scheduler], vec![env.worker_config()]).await;
-    // Recorded but never published: what a crash between the commit and the
-    // publish leaves behind.
+    // Recorded and released but never published: what a scheduler crash
+    // between the release and the publish leaves behind.
+    env.store.migrate().await.expect("migrate");
     let body = env.request("lost", &["lost/"]).to_string();
     let valid = parse_request(body.as_bytes(), Some("application/json"), ValidationOptions::default())
         .expect("valid");
     let recorded = env.store.record_import(&valid.request, &valid.digest, None).await.expect("record");
-    assert!(matches!(recorded, Recorded::Created(ref tasks) if tasks.len() == 1));
+    assert_eq!(recorded, Recorded::Created);
+    let share = FairShare { import_tasks: 8, workspace_tasks: 8 };
+    let released = env.store.release_tasks(share).await.expect("release");
+    assert_eq!(released.len(), 1, "{released:?}");
+    let mut scheduler = env.scheduler_config();
+    scheduler.republish_after_secs = 1.0;
+    let fleet = env.start(vec![scheduler], vec![env.worker_config()]).await;
     let status = env.wait_final(valid.request.import_id).await;
     assert_eq!(status["state"], "succeeded", "{status}");
     assert_eq!(status["objects_imported"], 9);

@@ -102,11 +102,7 @@ impl Worker {
             self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED, FailureCode::Unavailable).await?;
             return Ok(Outcome::Done);
         };
-        let source = match self
-            .sources
-            .open(&task.request.source, task.import_id, task.sealed_secret.as_deref())
-            .await
-        {
+        let source = match self.open_source(task).await {
             Ok(source) => source,
             Err(error) if error.is_transient() => return self.copy_failed(task, items, error).await,
             Err(error) => {

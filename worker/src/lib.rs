@@ -3,9 +3,12 @@
 //! - A *list* task ([`listing`]) lists one page of the customer's bucket and
 //!   commits, in one transaction, the page's references (link mode) or copy
 //!   tasks (copy mode), its counts, the listing tasks of the sub-prefixes it
-//!   met ([`fanout`]) and the continuation token; then it enqueues them and
-//!   the next page, so copying of a page runs while the next page is listed,
+//!   met ([`fanout`]) and the continuation token; then it enqueues the next
+//!   page. The new tasks are held: the scheduler releases them within the
+//!   fair share, so copying of a page runs while the next page is listed,
 //!   and a wide bucket is listed by every worker at once.
+//! - Every request to a customer's bucket waits for the bucket's request
+//!   budget, shared by the fleet ([`tether_shared::storage::budget`]).
 //! - A *copy* task ([`copying`]) streams a bounded batch of objects into the
 //!   platform's storage, verified, then commits their references and counts.
 //!
@@ -22,6 +25,7 @@ mod page;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_config::retry::RetryConfig;
 use backon::Retryable;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -39,10 +43,11 @@ use tether_shared::model::failure::storable;
 use tether_shared::model::{retry, FailureCode};
 use tether_shared::queue::{self, Link, QueueError};
 use tether_shared::storage::azure::{self, AzureSources};
+use tether_shared::storage::budget::{BudgetConfig, RequestBudgets};
 use tether_shared::storage::gcs::{GcsApi, GcsSources};
 use tether_shared::storage::ranged::RangedReads;
 use tether_shared::storage::s3::S3Sources;
-use tether_shared::storage::{Sources, StorageError};
+use tether_shared::storage::{ObjectSource, Sources, StorageError};
 use tether_shared::task::{TaskKind, TaskMessage};
 use tether_shared::telemetry::{self, metrics, Readiness};
 use tokio::task::JoinSet;
@@ -142,6 +147,19 @@ pub struct WorkerConfig {
     /// failed.
     #[arg(long, env = "TETHER_COPY_MAX_ATTEMPTS", default_value_t = 4)]
     pub copy_max_attempts: usize,
+    /// Listing requests per second to one customer bucket, the whole fleet
+    /// together (0: no limit). Below S3's 5,500 GET/s per prefix, leaving
+    /// room for the customer's own traffic.
+    #[arg(long, env = "TETHER_BUDGET_LIST_PER_SEC", default_value_t = 2500.0)]
+    pub budget_list_per_sec: f64,
+    /// Object reads per second from one customer bucket, the whole fleet
+    /// together (0: no limit).
+    #[arg(long, env = "TETHER_BUDGET_READ_PER_SEC", default_value_t = 3000.0)]
+    pub budget_read_per_sec: f64,
+    /// Seconds for a bucket's budget to grow back to its full rate after
+    /// the store throttled (the rate halves at each throttling answer).
+    #[arg(long, env = "TETHER_BUDGET_RECOVERY_SECS", default_value_t = 30.0)]
+    pub budget_recovery_secs: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -228,11 +246,23 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let sts = Arc::new(
         StsCredentials::new(aws_sdk_sts::Client::new(&sdk), refresh_margin).with_call_timeout(store_timeout),
     );
+    // Sources retry within the request budget themselves: the SDK's own
+    // retries would send requests the budget never counted.
+    let source_sdk = sdk.to_builder().retry_config(RetryConfig::disabled()).build();
+    let budgets = RequestBudgets::new(
+        store.clone(),
+        BudgetConfig {
+            list_per_sec: config.budget_list_per_sec.max(0.0),
+            read_per_sec: config.budget_read_per_sec.max(0.0),
+            recovery_secs: config.budget_recovery_secs.max(1.0),
+        },
+    );
     let worker = Arc::new(Worker {
         store,
         link: link.clone(),
+        budgets,
         sources: Sources::new(
-            S3Sources::new(&sdk, sts, config.s3_force_path_style),
+            S3Sources::new(&source_sdk, sts, config.s3_force_path_style),
             GcsSources::new(gcs),
             AzureSources::new(http, Some(&config.azure_blob_endpoint)),
             config.common.secrets_key.clone(),
@@ -342,6 +372,8 @@ struct Worker {
     /// Publishes through whichever connection is current.
     link: Link,
     sources: Sources,
+    /// Every source is read within its bucket's request budget.
+    budgets: Arc<RequestBudgets>,
     page_size: u32,
     max_list_tasks: i64,
     max_attempts: i32,
@@ -410,6 +442,13 @@ impl Worker {
             Ok(false) => tracing::warn!("Could not acknowledge a task: the channel is closed."),
             Err(error) => tracing::warn!(%error, "Could not acknowledge a task."),
         }
+    }
+
+    /// The task's source, within its bucket's request budget.
+    async fn open_source(&self, task: &TaskContext) -> Result<Arc<dyn ObjectSource>, StorageError> {
+        let source = &task.request.source;
+        let opened = self.sources.open(source, task.import_id, task.sealed_secret.as_deref()).await?;
+        Ok(self.budgets.wrap(opened, source))
     }
 
     async fn process(&self, kind: TaskKind, message: TaskMessage) -> Outcome {

@@ -29,11 +29,7 @@ impl Worker {
             self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED, FailureCode::Unavailable).await?;
             return Ok(Outcome::Done);
         }
-        let listed = match self
-            .sources
-            .open(&task.request.source, task.import_id, task.sealed_secret.as_deref())
-            .await
-        {
+        let listed = match self.open_source(task).await {
             Ok(source) => source.list_page(query).await,
             Err(error) => Err(error),
         };
@@ -52,13 +48,13 @@ impl Worker {
         };
         match commit {
             PageCommit::Stale | PageCommit::OverCap => {}
-            PageCommit::Committed { imported, unchanged, next, copies, sub_prefixes } => {
+            PageCommit::Committed { imported, unchanged, next, copy_tasks, sub_prefix_tasks } => {
                 tracing::debug!(
                     listed = result.listed,
                     imported,
                     unchanged,
-                    copy_tasks = copies.len(),
-                    sub_prefix_tasks = sub_prefixes.len(),
+                    copy_tasks,
+                    sub_prefix_tasks,
                     "Page committed."
                 );
                 if let Some(from) = &fan_out.recursive_from {
@@ -82,13 +78,12 @@ impl Worker {
                 for failure in &result.failures {
                     m.objects_failed.with_label_values(&[provider, mode, failure.code.as_str()]).inc();
                 }
-                if !copies.is_empty() {
-                    self.publish(TaskKind::Copy, &copies).await;
-                }
-                let mut lists = sub_prefixes;
-                lists.extend(next);
-                if !lists.is_empty() {
-                    self.publish(TaskKind::List, &lists).await;
+                // The next page (or the sub-prefix task that inherits the
+                // slot of a task that ended) goes out now; the other copy and
+                // sub-prefix tasks wait for the scheduler to release them
+                // within the fair share.
+                if let Some(next) = next {
+                    self.publish(TaskKind::List, &[next]).await;
                 }
             }
         }

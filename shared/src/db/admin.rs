@@ -102,7 +102,7 @@ impl Store {
         // Tasks first, then the import: the order every writer locks them in.
         let resumed = tx
             .query(
-                "UPDATE tether.tasks SET state = 'pending', seq = seq + 1, attempts = 0,
+                "UPDATE tether.tasks SET state = 'pending', seq = seq + 1, attempts = 0, held = false,
                         published_at = now(), updated_at = now()
                  WHERE import_id = $1 AND state IN ('failed', 'cancelled')
                  RETURNING task_id, seq, kind",
@@ -141,7 +141,8 @@ impl Store {
             })
             .collect();
         for batch in items.chunks(REQUEUE_BATCH) {
-            tasks.push((TaskKind::Copy, insert_copy_task(&tx, import_id, batch).await?));
+            // Published by `tetherctl` itself, outside the fair share.
+            tasks.push((TaskKind::Copy, insert_copy_task(&tx, import_id, batch, false).await?));
         }
         tx.execute(
             "UPDATE tether.imports SET state = 'running', error = NULL, finished_at = NULL,

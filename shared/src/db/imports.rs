@@ -6,15 +6,16 @@ use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::{events, DbError, Store};
-use crate::contract::ImportRequest;
+use crate::contract::{ImportRequest, Source};
 use crate::model::state::{ImportState, Tally};
 use crate::task::TaskMessage;
 
 /// What recording a valid request did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Recorded {
-    /// A new import, with the listing tasks to publish.
-    Created(Vec<TaskMessage>),
+    /// A new import; its listing tasks are held until the scheduler releases
+    /// them within the fair share ([`super::dispatch`]).
+    Created,
     /// The same request again (at-least-once delivery): nothing to do.
     Duplicate,
     /// The same `import_id` with another body: reject, touch nothing.
@@ -80,15 +81,15 @@ impl Store {
         let task_ids: Vec<Uuid> = request.prefixes.iter().map(|_| Uuid::new_v4()).collect();
         // Delimited: each fans out into its sub-prefixes (within the cap).
         tx.execute(
-            "INSERT INTO tether.tasks (task_id, import_id, kind, prefix, state, published_at, delimited)
-             SELECT t.id, $1, 'list', t.prefix, 'pending', now(), true
+            "INSERT INTO tether.tasks (task_id, import_id, kind, prefix, state, delimited, held)
+             SELECT t.id, $1, 'list', t.prefix, 'pending', true, true
              FROM unnest($2::uuid[], $3::text[]) AS t(id, prefix)",
             &[&request.import_id, &task_ids, &request.prefixes],
         )
         .await?;
 
         tx.commit().await?;
-        Ok(Recorded::Created(task_ids.into_iter().map(|task_id| TaskMessage { task_id, seq: 0 }).collect()))
+        Ok(Recorded::Created)
     }
 
     /// Records a rejected request that named a new `import_id`: a `failed`
@@ -254,8 +255,10 @@ impl Store {
             .await?;
         let task = client
             .query_one(
+                // Released tasks only: a held task waits its turn by design
+                // (the fair-share gauges show those).
                 "SELECT coalesce(extract(epoch FROM now() - min(updated_at)), 0)::int8
-                 FROM tether.tasks WHERE state = 'pending'",
+                 FROM tether.tasks WHERE state = 'pending' AND NOT held",
                 &[],
             )
             .await?;

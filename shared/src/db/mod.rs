@@ -1,11 +1,13 @@
 //! Postgres: the pool, the migrations, and every query Tether runs, grouped by
-//! what they touch ([`imports`], [`tasks`], [`events`]), for staff
+//! what they touch ([`imports`], [`tasks`], [`events`], [`dispatch`], [`budgets`]), for staff
 //! [`admin`] and their [`audit`] trail, and for the access API [`access`]. Postgres is the source
 //! of truth; RabbitMQ messages only say "look at this row now".
 
 pub mod access;
 pub mod admin;
 pub mod audit;
+pub mod budgets;
+pub mod dispatch;
 pub mod events;
 pub mod imports;
 pub mod tasks;
@@ -31,6 +33,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0010_access_credentials", include_str!("../../../migrations/0010_access_credentials.sql")),
     ("0013_workspace_identity", include_str!("../../../migrations/0013_workspace_identity.sql")),
     ("0014_audit", include_str!("../../../migrations/0014_audit.sql")),
+    ("0015_fair_dispatch", include_str!("../../../migrations/0015_fair_dispatch.sql")),
+    ("0016_request_budgets", include_str!("../../../migrations/0016_request_budgets.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises schedulers

@@ -171,12 +171,14 @@ pub enum PageCommit {
     Committed {
         imported: i64,
         unchanged: i64,
-        /// The message for the next page, to publish after the commit.
+        /// The listing message to publish after the commit: the next page,
+        /// or, when this task ended, the sub-prefix task that took its slot.
         next: Option<TaskMessage>,
-        /// Copy tasks made from this page (copy mode), to publish too.
-        copies: Vec<TaskMessage>,
-        /// Listing tasks of new sub-prefixes, to publish too.
-        sub_prefixes: Vec<TaskMessage>,
+        /// Copy tasks made from this page (copy mode), recorded held: the
+        /// scheduler releases them within the fair share ([`super::dispatch`]).
+        copy_tasks: usize,
+        /// Listing tasks of new sub-prefixes, recorded held likewise.
+        sub_prefix_tasks: usize,
     },
 }
 
@@ -292,11 +294,30 @@ impl Store {
             Some(TaskMessage { task_id: task.message.task_id, seq: task.message.seq + 1 })
         } else {
             finish_task(&tx, task.message).await?;
-            None
+            match sub_prefixes.first() {
+                // The ending task hands its slot to its first sub-prefix: no
+                // cap is passed, and a deep chain of single sub-prefixes
+                // goes on without waiting for the scheduler at each level.
+                Some(heir) => {
+                    let statement = tx
+                        .prepare_cached(
+                            "UPDATE tether.tasks SET held = false, published_at = now() WHERE task_id = $1",
+                        )
+                        .await?;
+                    tx.execute(&statement, &[&heir.task_id]).await?;
+                    Some(*heir)
+                }
+                None => None,
+            }
         };
         tx.commit().await?;
-        let copies = copies.into_iter().map(|(message, _)| message).collect();
-        Ok(PageCommit::Committed { imported, unchanged, next, copies, sub_prefixes })
+        Ok(PageCommit::Committed {
+            imported,
+            unchanged,
+            next,
+            copy_tasks: copies.len(),
+            sub_prefix_tasks: sub_prefixes.len(),
+        })
     }
 
     /// Commits a copied batch: references to the copies, failures, counts
@@ -463,7 +484,7 @@ impl Store {
                 "UPDATE tether.tasks SET published_at = now()
                  WHERE task_id IN (
                      SELECT task_id FROM tether.tasks
-                     WHERE state = 'pending'
+                     WHERE state = 'pending' AND NOT held
                        AND published_at < now() - make_interval(secs => $1)
                        AND updated_at < now() - make_interval(secs => $1)
                      ORDER BY published_at LIMIT $2 FOR UPDATE SKIP LOCKED)
@@ -511,8 +532,8 @@ async fn insert_sub_prefix_tasks(
     let ids: Vec<Uuid> = fan_out.sub_prefixes.iter().map(|p| sub_prefix_task_id(import_id, p)).collect();
     let statement = tx
         .prepare_cached(
-            "INSERT INTO tether.tasks (task_id, import_id, kind, prefix, state, published_at, delimited)
-             SELECT u.id, $1, 'list', u.prefix, 'pending', now(), true
+            "INSERT INTO tether.tasks (task_id, import_id, kind, prefix, state, delimited, held)
+             SELECT u.id, $1, 'list', u.prefix, 'pending', true, true
              FROM unnest($2::uuid[], $3::text[]) AS u(id, prefix)
              ON CONFLICT (task_id) DO NOTHING
              RETURNING task_id",
@@ -683,23 +704,26 @@ async fn insert_copy_tasks(
     }
     let mut messages = Vec::with_capacity(batches.len());
     for batch in batches {
-        messages.push((insert_copy_task(tx, task.import_id, &batch).await?, batch.len() as i64));
+        messages.push((insert_copy_task(tx, task.import_id, &batch, true).await?, batch.len() as i64));
     }
     Ok(messages)
 }
 
-/// Records one copy task of these objects; returns its message.
+/// Records one copy task of these objects; returns its message. A `held`
+/// task waits for the scheduler to release it ([`super::dispatch`]); any
+/// other is the caller's to publish.
 pub(super) async fn insert_copy_task(
     tx: &Transaction<'_>,
     import_id: Uuid,
     items: &[CopyItem],
+    held: bool,
 ) -> Result<TaskMessage, DbError> {
     let task_id = Uuid::new_v4();
     let items = serde_json::to_value(items).map_err(|e| DbError::Corrupt(e.to_string()))?;
     tx.execute(
-        "INSERT INTO tether.tasks (task_id, import_id, kind, items, state, published_at)
-         VALUES ($1, $2, 'copy', $3, 'pending', now())",
-        &[&task_id, &import_id, &items],
+        "INSERT INTO tether.tasks (task_id, import_id, kind, items, state, published_at, held)
+         VALUES ($1, $2, 'copy', $3, 'pending', CASE WHEN NOT $4 THEN now() END, $4)",
+        &[&task_id, &import_id, &items, &held],
     )
     .await?;
     Ok(TaskMessage { task_id, seq: 0 })

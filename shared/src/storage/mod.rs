@@ -4,6 +4,7 @@
 //! provider for a request's source and hands back a ready [`ObjectSource`].
 
 pub mod azure;
+pub mod budget;
 pub mod gcs;
 pub mod ranged;
 pub mod s3;

@@ -1,13 +1,14 @@
 //! Every metric Tether exposes, defined in one place. Names end in `_total`,
 //! `_seconds` or `_bytes` where they count, time or measure; labels are
-//! low-cardinality (provider, mode, kind, code, state, queue), never import
-//! or object ids. Dashboards and alerts in `deploy/` use these names.
+//! low-cardinality (provider, mode, kind, code, state, queue; workspace for
+//! the fair-share gauges, which cover only workspaces with work pending),
+//! never import or object ids. Dashboards and alerts in `deploy/` use these names.
 
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The process's metrics.
@@ -51,6 +52,20 @@ pub struct Metrics {
     pub queue_messages: IntGaugeVec,
     /// Seconds a request took from delivery to acknowledgement (scheduler).
     pub request_duration: Histogram,
+    /// workspace, kind (scheduler): tasks held back by the fair share
+    pub fair_tasks_held: IntGaugeVec,
+    /// workspace, kind (scheduler): tasks released and not ended
+    pub fair_tasks_in_flight: IntGaugeVec,
+    /// workspace, kind (scheduler): the workspace's part of the kind's
+    /// tasks in flight, 0 to 1
+    pub fair_share: GaugeVec,
+    /// kind (scheduler): tasks released to RabbitMQ
+    pub fair_releases: IntCounterVec,
+    /// provider, class (list | read): seconds spent waiting for the
+    /// bucket's request budget
+    pub budget_wait: CounterVec,
+    /// provider: throttling answers that lowered a bucket's budget
+    pub budget_slowdowns: IntCounterVec,
     /// route, status_class (tether-api: 2xx, 3xx, 4xx, 5xx)
     pub api_requests: IntCounterVec,
     /// route (tether-api)
@@ -78,6 +93,18 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
     let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry.register(Box::new(g.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     g
+}
+
+fn float_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry.register(Box::new(g.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
+}
+
+fn float_counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+    let c = CounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -218,6 +245,42 @@ impl Metrics {
                 &["queue"],
             ),
             request_duration: requests,
+            fair_tasks_held: gauge_vec(
+                &r,
+                "tether_fair_tasks_held",
+                "Tasks held back in Postgres by the fair share, by workspace and kind.",
+                &["workspace", "kind"],
+            ),
+            fair_tasks_in_flight: gauge_vec(
+                &r,
+                "tether_fair_tasks_in_flight",
+                "Tasks released to RabbitMQ and not ended, by workspace and kind.",
+                &["workspace", "kind"],
+            ),
+            fair_share: float_gauge_vec(
+                &r,
+                "tether_fair_share_ratio",
+                "A workspace's part of the tasks of a kind in flight (0 to 1).",
+                &["workspace", "kind"],
+            ),
+            fair_releases: counter(
+                &r,
+                "tether_fair_releases_total",
+                "Held tasks released to RabbitMQ by the fair share, by kind.",
+                &["kind"],
+            ),
+            budget_wait: float_counter_vec(
+                &r,
+                "tether_budget_wait_seconds_total",
+                "Seconds requests waited for their bucket's request budget, by provider and class.",
+                &["provider", "class"],
+            ),
+            budget_slowdowns: counter(
+                &r,
+                "tether_budget_slowdowns_total",
+                "Throttling answers (SlowDown, 429, 503) that lowered a bucket's request budget.",
+                &["provider"],
+            ),
             api_requests: counter(
                 &r,
                 "tether_api_requests_total",
