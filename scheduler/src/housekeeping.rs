@@ -6,6 +6,8 @@
 //! 2. Publish the FinishedEvent outbox, marking events once confirmed.
 //! 3. Re-publish pending tasks whose message went out long ago without
 //!    progress since: the message may have been lost.
+//! 4. Delete the task rows of imports finished longer ago than the
+//!    retention (`db::retention`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +25,8 @@ use crate::SchedulerError;
 
 /// Events or tasks handled per step and pass.
 const BATCH: i64 = 500;
+/// Imports whose tasks are deleted per pass: each is a transaction of its own.
+const PRUNE_BATCH: i64 = 20;
 /// How often the same outbox complaint may be logged.
 const COMPLAINT_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the gauges (imports by state, ages, queue depths) are read.
@@ -42,13 +46,15 @@ pub(crate) struct Keeper {
     /// Publishes through whichever connection is current.
     link: Link,
     republish_after_secs: f64,
+    /// How long task rows outlive their finished import.
+    retention: Duration,
     last_complaint: Option<Instant>,
     last_gauges: Option<Instant>,
 }
 
 impl Keeper {
-    pub(crate) fn new(store: Store, link: Link, republish_after_secs: f64) -> Self {
-        Self { store, link, republish_after_secs, last_complaint: None, last_gauges: None }
+    pub(crate) fn new(store: Store, link: Link, republish_after_secs: f64, retention: Duration) -> Self {
+        Self { store, link, republish_after_secs, retention, last_complaint: None, last_gauges: None }
     }
 
     /// Runs a pass every `tick`, and at once when `wake` is notified (a task
@@ -82,7 +88,12 @@ impl Keeper {
                 }
             }
         }
-        self.publish_events().await
+        self.publish_events().await?;
+        let pruned = self.store.prune_finished_tasks(self.retention, PRUNE_BATCH).await?;
+        if pruned > 0 {
+            tracing::info!(imports = pruned, "Deleted the task rows of imports past the retention.");
+        }
+        Ok(())
     }
 
     /// Sets the gauges that only Postgres and the broker know.

@@ -4,8 +4,9 @@
 //!   listing tasks in one transaction, publishes the tasks, or moves the
 //!   request to `tether.rejected`; handles `import.cancel`.
 //! - [`housekeeping`]: a periodic pass that finishes imports whose tasks have
-//!   all ended, publishes the FinishedEvent outbox, and re-publishes tasks
-//!   whose message was lost.
+//!   all ended, publishes the FinishedEvent outbox, re-publishes tasks
+//!   whose message was lost, and deletes the task rows of imports finished
+//!   longer ago than the retention.
 
 mod housekeeping;
 mod requests;
@@ -41,6 +42,11 @@ pub struct SchedulerConfig {
     /// ago without progress since (its message may have been lost).
     #[arg(long, env = "TETHER_TASK_REPUBLISH_AFTER_SECS", default_value_t = 300.0)]
     pub republish_after_secs: f64,
+    /// Days after an import finished until its task rows (and copy items)
+    /// are deleted; images and failures stay. A pruned import cannot be
+    /// requeued.
+    #[arg(long, env = "TETHER_RETENTION_DAYS", default_value_t = 7.0)]
+    pub retention_days: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +68,19 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
     let tick = Duration::try_from_secs_f64(config.tick_secs).map_err(|_| {
         SchedulerError::Config("TETHER_SCHEDULER_TICK_SECS must be a positive number of seconds".into())
     })?;
-    let store = Store::connect(&config.common.database_url, config.common.db_pool_size)?;
+    let retention = Duration::try_from_secs_f64(config.retention_days * 86_400.0).map_err(|_| {
+        SchedulerError::Config("TETHER_RETENTION_DAYS must be a number of days, 0 or more".into())
+    })?;
+    let store =
+        Store::connect_with(&config.common.database_url, config.common.db_pool_size, config.common.db_session)?;
     store.migrate().await?;
+    let session = store.session_info().await?;
+    tracing::info!(
+        tls = session.tls,
+        statement_timeout = session.statement_timeout,
+        lock_timeout = session.lock_timeout,
+        "Connected to Postgres."
+    );
     let link = Link::default();
     // The first connection must work: a wrong URL is a configuration error.
     let mut connection = link.establish(&config.common.amqp_url, "tether-scheduler").await?;
@@ -79,7 +96,7 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
         ValidationOptions { gcs_allow_own_identity: config.gcs_allow_own_identity },
         config.common.secrets_key.clone(),
     );
-    let keeper = housekeeping::Keeper::new(store.clone(), link.clone(), config.republish_after_secs);
+    let keeper = housekeeping::Keeper::new(store.clone(), link.clone(), config.republish_after_secs, retention);
     // The scheduler's own token, so that stopping it stops the housekeeping
     // without cancelling whatever else shares the caller's token.
     let stop = shutdown.child_token();

@@ -148,6 +148,7 @@ impl TestEnv {
             amqp_url: Secret::new(self.amqp_url.clone()),
             metrics_addr: None,
             db_pool_size: 8,
+            db_session: Default::default(),
             secrets_key: Some(TEST_SECRETS_KEY.parse().expect("the test key is 32 bytes")),
             log_format: LogFormat::Text,
         }
@@ -160,6 +161,7 @@ impl TestEnv {
             gcs_allow_own_identity: false,
             tick_secs: 0.1,
             republish_after_secs: 300.0,
+            retention_days: 7.0,
         }
     }
 

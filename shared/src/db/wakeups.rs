@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::Store;
@@ -36,9 +37,32 @@ impl Store {
         }
     }
 
-    /// Listens on one connection until it fails.
+    /// Listens on one connection (over TLS if the URL asks for it) until it
+    /// fails.
     async fn listen_once(&self, wake: &Arc<Notify>) -> Result<(), tokio_postgres::Error> {
-        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let config = &self.target.config;
+        match &self.target.tls {
+            Some(tls) => {
+                let (client, connection) = config.connect(tls.clone()).await?;
+                listen_on(client, connection, wake).await
+            }
+            None => {
+                let (client, connection) = config.connect(NoTls).await?;
+                listen_on(client, connection, wake).await
+            }
+        }
+    }
+}
+
+async fn listen_on<S, T>(
+    client: Client,
+    mut connection: Connection<S, T>,
+    wake: &Arc<Notify>,
+) -> Result<(), tokio_postgres::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
         let (lost_tx, lost) = tokio::sync::oneshot::channel();
         let notify = Arc::clone(wake);
         let driver = tokio::spawn(async move {
@@ -66,5 +90,4 @@ impl Store {
         .await;
         driver.abort();
         result
-    }
 }
