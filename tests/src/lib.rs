@@ -4,6 +4,7 @@
 //! service makes the test fail with a message saying so; nothing is skipped.
 
 pub mod api;
+pub mod history;
 pub mod moto_auth;
 pub mod proxy;
 pub mod stores;
