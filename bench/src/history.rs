@@ -24,7 +24,8 @@ use crate::Measurement;
 /// The history's size; `TETHER_BENCH_HISTORY_IMAGES` changes the images'
 /// (5×10^7 to show the trend, where the disk allows: ~25 GB).
 fn history() -> History {
-    let images = std::env::var("TETHER_BENCH_HISTORY_IMAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
+    let images =
+        std::env::var("TETHER_BENCH_HISTORY_IMAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
     History { imports: 200_000, tasks: 1_000_000, images }
 }
 
@@ -40,7 +41,10 @@ pub(crate) async fn run(env: &TestEnv) -> (Vec<Measurement>, Value) {
     history.fill(&client).await;
     // What a long-lived installation would have: vacuumed, all-visible, and
     // no checkpoint of the fill itself due in the middle of the runs.
-    client.batch_execute("VACUUM ANALYZE tether.images; VACUUM ANALYZE tether.tasks; CHECKPOINT").await.expect("vacuum");
+    client
+        .batch_execute("VACUUM ANALYZE tether.images; VACUUM ANALYZE tether.tasks; CHECKPOINT")
+        .await
+        .expect("vacuum");
     let size: String = client
         .query_one("SELECT pg_size_pretty(pg_total_relation_size('tether.images'))", &[])
         .await
@@ -54,7 +58,8 @@ pub(crate) async fn run(env: &TestEnv) -> (Vec<Measurement>, Value) {
         started.elapsed().as_secs_f64()
     );
     let filled = imports(env, "filled", tree.bucket, tree.prefix, tree.objects).await;
-    let rate = |runs: &[Measurement]| median(runs.iter().map(|m| m.objects as f64 / m.seconds_persisted).collect());
+    let rate =
+        |runs: &[Measurement]| median(runs.iter().map(|m| m.objects as f64 / m.seconds_persisted).collect());
     let ratio = rate(&filled) / rate(&empty);
     measurements.extend(empty);
     measurements.extend(filled);

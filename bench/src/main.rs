@@ -252,7 +252,9 @@ fn report(measurements: &[Measurement], history: Option<&Value>) -> Value {
     if let Some(history) = history {
         let ratio = history["filled_to_empty_ratio"].as_f64().unwrap_or(0.0);
         target("history: objects/s into 10^7 images / into none".into(), ratio, ">= 0.8", ratio >= 0.8);
-        let scans = history["plans"].as_array().map_or(0, |p| p.iter().filter(|p| p["whole_table_scan"] == true).count());
+        let scans = history["plans"]
+            .as_array()
+            .map_or(0, |p| p.iter().filter(|p| p["whole_table_scan"] == true).count());
         target("history: plans scanning images or tasks whole".into(), scans as f64, "= 0", scans == 0);
     }
     if let (Some(big), Some(small)) = (find("s3", "link flat", true), find("s3", "link flat-10k", true)) {

@@ -71,8 +71,11 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
     let retention = Duration::try_from_secs_f64(config.retention_days * 86_400.0).map_err(|_| {
         SchedulerError::Config("TETHER_RETENTION_DAYS must be a number of days, 0 or more".into())
     })?;
-    let store =
-        Store::connect_with(&config.common.database_url, config.common.db_pool_size, config.common.db_session)?;
+    let store = Store::connect_with(
+        &config.common.database_url,
+        config.common.db_pool_size,
+        config.common.db_session,
+    )?;
     store.migrate().await?;
     let session = store.session_info().await?;
     tracing::info!(
@@ -96,7 +99,8 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
         ValidationOptions { gcs_allow_own_identity: config.gcs_allow_own_identity },
         config.common.secrets_key.clone(),
     );
-    let keeper = housekeeping::Keeper::new(store.clone(), link.clone(), config.republish_after_secs, retention);
+    let keeper =
+        housekeeping::Keeper::new(store.clone(), link.clone(), config.republish_after_secs, retention);
     // The scheduler's own token, so that stopping it stops the housekeeping
     // without cancelling whatever else shares the caller's token.
     let stop = shutdown.child_token();

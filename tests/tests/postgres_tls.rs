@@ -42,17 +42,19 @@ fn ca(name: &str) -> Ca {
 /// returns its port and the number of TLS sessions it accepted.
 async fn tls_front(ca: &Ca, names: &[&str], upstream: String) -> (u16, Arc<AtomicUsize>) {
     let key = KeyPair::generate().expect("server key");
-    let params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).expect("params");
+    let params =
+        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).expect("params");
     let cert = params.signed_by(&key, &ca.issuer).expect("server certificate");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key"),
-        )
-        .expect("server config");
+    let config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key"),
+            )
+            .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
@@ -133,7 +135,9 @@ async fn verify_full_and_verify_ca_check_the_certificate_made_by_the_test() {
     let missing = through(&env, "localhost", port, "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem");
     let error = connects(&missing).await.expect_err("no CA file");
     assert!(error.contains("sslrootcert=/nonexistent/ca.pem"), "{error}");
-    assert!(!error.contains(&reqwest::Url::parse(&env.database_url).expect("url").password().unwrap_or("\u{0}")));
+    assert!(
+        !error.contains(&reqwest::Url::parse(&env.database_url).expect("url").password().unwrap_or("\u{0}"))
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -156,5 +160,9 @@ async fn require_encrypts_and_every_session_has_its_limits() {
         .session_info()
         .await
         .expect("session");
-    assert_eq!((info.statement_timeout.as_str(), info.lock_timeout.as_str()), ("1min", "10s"), "the defaults");
+    assert_eq!(
+        (info.statement_timeout.as_str(), info.lock_timeout.as_str()),
+        ("1min", "10s"),
+        "the defaults"
+    );
 }

@@ -22,8 +22,12 @@ async fn tasks(env: &TestEnv, import_id: Uuid) -> i64 {
 }
 
 async fn pruned(env: &TestEnv, import_id: Uuid) -> bool {
-    count(env, "SELECT count(*) FROM tether.imports WHERE import_id = $1 AND tasks_pruned_at IS NOT NULL", import_id)
-        .await
+    count(
+        env,
+        "SELECT count(*) FROM tether.imports WHERE import_id = $1 AND tasks_pruned_at IS NOT NULL",
+        import_id,
+    )
+    .await
         == 1
 }
 
@@ -65,7 +69,10 @@ async fn retention_deletes_finished_imports_tasks_and_nothing_else() {
     let fleet = env.start(vec![scheduler], vec![]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !(pruned(&env, partial).await && pruned(&env, failed).await) {
-        assert!(tokio::time::Instant::now() < deadline, "the housekeeping did not prune the finished imports");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the housekeeping did not prune the finished imports"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     fleet.stop().await;

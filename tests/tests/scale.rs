@@ -44,7 +44,8 @@ async fn a_request_is_read_and_validated_once_per_import() {
     assert_eq!(messages.len(), 3);
     let mut loaded = Vec::new();
     for message in messages {
-        loaded.push(env.store.load_task(TaskKind::List, message).await.expect("load").expect("a current task"));
+        loaded
+            .push(env.store.load_task(TaskKind::List, message).await.expect("load").expect("a current task"));
     }
     // One parsed request shared by every task of the import.
     assert!(loaded.windows(2).all(|pair| Arc::ptr_eq(&pair[0].request, &pair[1].request)));
@@ -69,7 +70,10 @@ async fn migrate_before_0017(client: &tokio_postgres::Client) {
             break;
         }
         client.batch_execute(&std::fs::read_to_string(file.path()).expect("read")).await.expect("migration");
-        client.execute("INSERT INTO tether.schema_migrations (version) VALUES ($1)", &[&name]).await.expect("record");
+        client
+            .execute("INSERT INTO tether.schema_migrations (version) VALUES ($1)", &[&name])
+            .await
+            .expect("record");
     }
 }
 

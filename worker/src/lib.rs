@@ -151,8 +151,11 @@ enum Outcome {
 
 /// Runs a worker until `shutdown` is cancelled, then drains.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
-    let store =
-        Store::connect_with(&config.common.database_url, config.common.db_pool_size, config.common.db_session)?;
+    let store = Store::connect_with(
+        &config.common.database_url,
+        config.common.db_pool_size,
+        config.common.db_session,
+    )?;
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
     let refresh_margin = Duration::from_secs(config.sts_refresh_margin_secs);
     let http = tether_shared::storage::http_client(Duration::from_secs(120)).map_err(WorkerError::Http)?;

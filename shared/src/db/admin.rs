@@ -92,7 +92,8 @@ impl Store {
         else {
             return Ok(Requeued::NotFound);
         };
-        let (state, has_request, pruned_on): (String, bool, Option<String>) = (row.get(0), row.get(1), row.get(2));
+        let (state, has_request, pruned_on): (String, bool, Option<String>) =
+            (row.get(0), row.get(1), row.get(2));
         if let Some(day) = pruned_on {
             return Ok(Requeued::NotRequeueable(format!(
                 "its tasks were deleted on {day} by retention (TETHER_RETENTION_DAYS after it finished), so there is nothing to resume; send the same request with a new import_id: objects already imported are skipped"

@@ -71,16 +71,15 @@ impl Target {
             Some("require") if root_cert.is_none() => Some(Verify::Nothing),
             Some("require" | "verify-ca") => Some(Verify::Chain),
             Some("verify-full") => Some(Verify::ChainAndHost),
-            Some(other) => {
-                return Err(DbError::BadUrl(format!(
-                    "sslmode={other} is not a mode Tether knows; use disable, require, verify-ca or verify-full"
-                )))
-            }
+            Some(other) => return Err(DbError::BadUrl(format!(
+                "sslmode={other} is not a mode Tether knows; use disable, require, verify-ca or verify-full"
+            ))),
         };
         let mut options = config.get_options().map(str::to_owned).unwrap_or_default();
-        for (name, secs) in
-            [("statement_timeout", session.statement_timeout_secs), ("lock_timeout", session.lock_timeout_secs)]
-        {
+        for (name, secs) in [
+            ("statement_timeout", session.statement_timeout_secs),
+            ("lock_timeout", session.lock_timeout_secs),
+        ] {
             options.push_str(&format!(" -c {name}={}", secs.saturating_mul(1000)));
         }
         config.options(options.trim_start());
@@ -172,9 +171,10 @@ fn roots(root_cert: Option<&str>) -> Result<RootCertStore, DbError> {
             roots.add_parsable_certificates(found.certs);
         }
         Some(path) => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .and_then(Iterator::collect)
-                .map_err(|e| DbError::BadUrl(format!("sslrootcert={path} cannot be read as PEM certificates ({e})")))?;
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_file_iter(path).and_then(Iterator::collect).map_err(|e| {
+                    DbError::BadUrl(format!("sslrootcert={path} cannot be read as PEM certificates ({e})"))
+                })?;
             roots.add_parsable_certificates(certs);
         }
     }
@@ -277,8 +277,9 @@ mod tests {
 
     #[test]
     fn tls_parameters_leave_the_url() {
-        let (rest, mode, root) =
-            take_tls_params("postgres://u:p@db:5432/tether?sslmode=verify-full&application_name=x&sslrootcert=%2Fca.pem");
+        let (rest, mode, root) = take_tls_params(
+            "postgres://u:p@db:5432/tether?sslmode=verify-full&application_name=x&sslrootcert=%2Fca.pem",
+        );
         assert_eq!(rest, "postgres://u:p@db:5432/tether?application_name=x");
         assert_eq!(mode.as_deref(), Some("verify-full"));
         assert_eq!(root.as_deref(), Some("/ca.pem"));
@@ -295,8 +296,8 @@ mod tests {
 
     #[test]
     fn timeouts_become_start_up_options() {
-        let target =
-            Target::parse("postgres://db/t?options=-c%20search_path%3Dx", DbSession::DEFAULT).expect("a valid URL");
+        let target = Target::parse("postgres://db/t?options=-c%20search_path%3Dx", DbSession::DEFAULT)
+            .expect("a valid URL");
         assert_eq!(
             target.config.get_options(),
             Some("-c search_path=x -c statement_timeout=60000 -c lock_timeout=10000")

@@ -51,8 +51,11 @@ impl Store {
             // session's statement limit allows, and nobody waits on it.
             tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
             tx.execute("DELETE FROM tether.tasks WHERE import_id = $1", &[&import_id]).await?;
-            tx.execute("UPDATE tether.imports SET tasks_pruned_at = now() WHERE import_id = $1", &[&import_id])
-                .await?;
+            tx.execute(
+                "UPDATE tether.imports SET tasks_pruned_at = now() WHERE import_id = $1",
+                &[&import_id],
+            )
+            .await?;
             tx.commit().await?;
             pruned += 1;
         }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::Notify;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 use tokio_util::sync::CancellationToken;
 
@@ -63,31 +63,31 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-        let (lost_tx, lost) = tokio::sync::oneshot::channel();
-        let notify = Arc::clone(wake);
-        let driver = tokio::spawn(async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(_)) => notify.notify_one(),
-                    Ok(_) => {}
-                    Err(error) => {
-                        let _ = lost_tx.send(error);
-                        return;
-                    }
+    let (lost_tx, lost) = tokio::sync::oneshot::channel();
+    let notify = Arc::clone(wake);
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => notify.notify_one(),
+                Ok(_) => {}
+                Err(error) => {
+                    let _ = lost_tx.send(error);
+                    return;
                 }
             }
-        });
-        let result = async {
-            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-            // Anything that ended while we were not listening.
-            wake.notify_one();
-            match lost.await {
-                Ok(error) => Err(error),
-                Err(_) => Ok(()),
-            }
         }
-        .await;
-        driver.abort();
-        result
+    });
+    let result = async {
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        // Anything that ended while we were not listening.
+        wake.notify_one();
+        match lost.await {
+            Ok(error) => Err(error),
+            Err(_) => Ok(()),
+        }
+    }
+    .await;
+    driver.abort();
+    result
 }
