@@ -86,8 +86,7 @@ async fn tls_front(ca: &Ca, names: &[&str], upstream: String) -> (u16, Arc<Atomi
 
 /// The test database's URL through `host:port`, with `query` added.
 fn through(env: &TestEnv, host: &str, port: u16, query: &str) -> Secret {
-    let url = reqwest::Url::parse(&env.database_url).expect("a URL");
-    let mut url = url.clone();
+    let mut url = reqwest::Url::parse(&env.database_url).expect("a URL");
     url.set_host(Some(host)).expect("host");
     url.set_port(Some(port)).expect("port");
     url.set_query(Some(query));
