@@ -135,7 +135,7 @@ async fn verify_full_and_verify_ca_check_the_certificate_made_by_the_test() {
     let error = connects(&missing).await.expect_err("no CA file");
     assert!(error.contains("sslrootcert=/nonexistent/ca.pem"), "{error}");
     assert!(
-        !error.contains(&reqwest::Url::parse(&env.database_url).expect("url").password().unwrap_or("\u{0}"))
+        !error.contains(reqwest::Url::parse(&env.database_url).expect("url").password().unwrap_or("\u{0}"))
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

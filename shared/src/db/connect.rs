@@ -71,9 +71,11 @@ impl Target {
             Some("require") if root_cert.is_none() => Some(Verify::Nothing),
             Some("require" | "verify-ca") => Some(Verify::Chain),
             Some("verify-full") => Some(Verify::ChainAndHost),
-            Some(other) => return Err(DbError::BadUrl(format!(
+            Some(other) => {
+                return Err(DbError::BadUrl(format!(
                 "sslmode={other} is not a mode Tether knows; use disable, require, verify-ca or verify-full"
-            ))),
+            )))
+            }
         };
         let mut options = config.get_options().map(str::to_owned).unwrap_or_default();
         for (name, secs) in [
