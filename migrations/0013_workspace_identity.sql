@@ -9,13 +9,14 @@
 -- and an id never changes. An existing row stays its workspace's row under
 -- its old id, and imports of that workspace go on updating it.
 --
--- Source URLs reach 1024 bytes of key (several bytes per character), more
--- than a btree entry holds, so the index holds their sha256.
-CREATE FUNCTION tether.url_key(url text) RETURNS bytea
+-- The key holds the URL itself, so that one import's rows arrive in listing
+-- order on a few adjacent pages of the index (see migration 0017); a URL
+-- over 2000 bytes (Azure names reach 1024 characters of several bytes)
+-- is held as a prefix and its SHA-256, within a btree entry's limit.
+CREATE FUNCTION tether.url_key(url text) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    -- convert_to is only STABLE in general (conversions can be redefined);
-    -- to the database's own UTF-8 it is the identity, so this is immutable.
-    AS $$ SELECT sha256(convert_to(url, 'UTF8')) $$;
+    RETURN CASE WHEN octet_length(url) <= 2000 THEN url
+                ELSE left(url, 500) || '#sha256:' || encode(sha256(convert_to(url, 'UTF8')), 'hex') END;
 
 -- Rows bulk-loaded under ids of their own (contract §3 allows it) and then
 -- imported again under the old key were two rows for one object. Both ids
@@ -44,6 +45,9 @@ UPDATE tether.images im SET superseded = true
 FROM ranked
 WHERE ranked.image_id = im.image_id AND ranked.rank > 1;
 
-CREATE UNIQUE INDEX images_workspace_dataset_url
-    ON tether.images (workspace_id, dataset_id, tether.url_key(source_url))
-    WHERE NOT superseded;
+-- Superseded rows are told apart by their id, live ones are one per key
+-- (NULLS NOT DISTINCT); not a partial index, so that it also serves the
+-- platform's reads of a dataset, which know nothing of `superseded`.
+CREATE UNIQUE INDEX images_name
+    ON tether.images (workspace_id, dataset_id, tether.url_key(source_url), (CASE WHEN superseded THEN image_id END))
+    NULLS NOT DISTINCT;

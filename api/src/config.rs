@@ -53,6 +53,8 @@ pub struct ApiConfig {
     /// Postgres connections of this process.
     #[arg(long, env = "TETHER_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
+    #[command(flatten)]
+    pub db_session: tether_shared::config::DbSession,
     /// Where `/metrics`, `/healthz` and `/readyz` (Postgres only) are served.
     #[arg(long, env = "TETHER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,

@@ -114,7 +114,7 @@ pub async fn serve(
         Some(path) => own_google_key(path)?,
         None => None,
     };
-    let store = Store::connect(&config.database_url, config.db_pool_size)?;
+    let store = Store::connect_with(&config.database_url, config.db_pool_size, config.db_session)?;
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
     let refresh_margin = Duration::from_secs(config.sts_refresh_margin_secs);
     let http = tether_shared::storage::http_client(Duration::from_secs(60), Duration::from_secs(60))

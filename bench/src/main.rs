@@ -17,16 +17,21 @@
 //!   import of another workspace ([`fairness`]); on the test services'
 //!   moto when run alone (`tether-bench fairness`), it needs none of the
 //!   benchmark's seeded stores.
+//! - `history`: the GCS wide tree's link import into an empty database and
+//!   into one with 10^7 images of history, and the plans of the platform's
+//!   and staff's queries there ([`history`]).
 //!
 //! Each Tether figure: wall time from request to final state, objects/s and
 //! MB/s, CPU seconds of the three Tether processes plus every PostgreSQL
 //! process (utime + stime, the difference over the run), CPU µs per object,
-//! and each process's peak RSS. `tether-bench [link] [copy] [api] [fairness]` runs
-//! the named ones (default: all).
+//! and each process's peak RSS. `tether-bench [link] [copy] [api] [fairness] [history]`
+//! runs the named ones (default: all) and writes `results/latest.json` (all)
+//! or `results/NAME.json` (the named ones).
 
 mod api;
 mod copy;
 mod fairness;
+mod history;
 mod link;
 mod procs;
 mod stores;
@@ -110,8 +115,9 @@ fn main() {
     let wanted = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime");
-    let needs_stores = ["link", "copy", "api"].iter().any(|name| wanted(name));
-    let stores = needs_stores.then(|| runtime.block_on(Stores::start(&root, wanted("link"))));
+    let needs_stores = ["link", "copy", "api", "history"].iter().any(|name| wanted(name));
+    let stores =
+        needs_stores.then(|| runtime.block_on(Stores::start(&root, wanted("link") || wanted("history"))));
     if let Some(stores) = &stores {
         // Everything (this process's clients, Tether's processes, rclone's
         // S3 remote) talks to the benchmark's stores. Set before any thread
@@ -120,9 +126,10 @@ fn main() {
         std::env::set_var("AWS_ENDPOINT_URL_STS", &stores.s3_endpoint);
         std::env::set_var("STORAGE_EMULATOR_HOST", &stores.gcs_endpoint);
     }
-    let measurements = runtime.block_on(async {
+    let (measurements, history) = runtime.block_on(async {
         let env = TestEnv::new().await;
         let mut measurements = Vec::new();
+        let mut history = None;
         if let Some(stores) = &stores {
             if wanted("link") {
                 for provider in [Provider::S3, Provider::Gcs] {
@@ -139,11 +146,21 @@ fn main() {
         if wanted("fairness") {
             measurements.extend(fairness::run(&env).await);
         }
-        measurements
+        if wanted("history") {
+            // Last: it leaves 10^7 rows in the benchmark's database.
+            let (runs, summary) = history::run(&TestEnv::new().await).await;
+            measurements.extend(runs);
+            history = Some(summary);
+        }
+        (measurements, history)
     });
-    let results = report(&measurements);
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest.json");
-    match std::fs::write(path, format!("{results:#}\n")) {
+    let mut results = report(&measurements, history.as_ref());
+    if let Some(history) = history {
+        results["history"] = history;
+    }
+    let name = if args.is_empty() { "latest".to_owned() } else { args.join("-") };
+    let path = format!("{}/results/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    match std::fs::write(&path, format!("{results:#}\n")) {
         Ok(()) => println!("\nresults written to {path}"),
         Err(error) => eprintln!("cannot write {path}: {error}"),
     }
@@ -151,7 +168,7 @@ fn main() {
 }
 
 /// Prints the table, the ratios and the targets; returns them as JSON.
-fn report(measurements: &[Measurement]) -> Value {
+fn report(measurements: &[Measurement], history: Option<&Value>) -> Value {
     println!(
         "\n{:<4} {:<14} {:<14} {:>8} {:>8} {:>9} {:>10} {:>8} {:>8} {:>9}  peak RSS MiB",
         "", "run", "tool", "objects", "seconds", "persisted", "objects/s", "MB/s", "CPU s", "CPU µs/o"
@@ -245,6 +262,14 @@ fn report(measurements: &[Measurement]) -> Value {
     if let Some(streams) = tool("api proxy 20 x 100 MiB", "tether-api") {
         let rss = streams.peak_rss("api");
         target("api: tether-api peak RSS, 20 streams at once, MiB".into(), rss, "<= 100", rss <= 100.0);
+    }
+    if let Some(history) = history {
+        let ratio = history["filled_to_empty_ratio"].as_f64().unwrap_or(0.0);
+        target("history: objects/s into 10^7 images / into none".into(), ratio, ">= 0.8", ratio >= 0.8);
+        let scans = history["plans"]
+            .as_array()
+            .map_or(0, |p| p.iter().filter(|p| p["whole_table_scan"] == true).count());
+        target("history: plans scanning images or tasks whole".into(), scans as f64, "= 0", scans == 0);
     }
     if let (Some(big), Some(small)) = (find("s3", "link flat", true), find("s3", "link flat-10k", true)) {
         let growth = big.peak_rss("worker") / small.peak_rss("worker");

@@ -8,6 +8,8 @@
 //! 3. Publish the FinishedEvent outbox, marking events once confirmed.
 //! 4. Re-publish pending tasks whose message went out long ago without
 //!    progress since: the message may have been lost.
+//! 5. Delete the task rows of imports finished longer ago than the
+//!    retention (`db::retention`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +28,8 @@ use crate::SchedulerError;
 
 /// Events or tasks handled per step and pass.
 const BATCH: i64 = 500;
+/// Imports whose tasks are deleted per pass: each is a transaction of its own.
+const PRUNE_BATCH: i64 = 20;
 /// How often the same outbox complaint may be logged.
 const COMPLAINT_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the gauges (imports by state, ages, queue depths) are read.
@@ -46,6 +50,8 @@ pub(crate) struct Keeper {
     link: Link,
     republish_after_secs: f64,
     share: FairShare,
+    /// How long task rows outlive their finished import.
+    retention: Duration,
     last_complaint: Option<Instant>,
     last_gauges: Option<Instant>,
     /// Workspaces the fair-share gauges showed last time, so that those
@@ -54,12 +60,19 @@ pub(crate) struct Keeper {
 }
 
 impl Keeper {
-    pub(crate) fn new(store: Store, link: Link, republish_after_secs: f64, share: FairShare) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        link: Link,
+        republish_after_secs: f64,
+        share: FairShare,
+        retention: Duration,
+    ) -> Self {
         Self {
             store,
             link,
             republish_after_secs,
             share,
+            retention,
             last_complaint: None,
             last_gauges: None,
             shown_workspaces: Vec::new(),
@@ -97,7 +110,12 @@ impl Keeper {
             tracing::warn!(tasks = lost.len(), "Re-publishing tasks whose message may have been lost.");
             self.publish_tasks(&lost).await?;
         }
-        self.publish_events().await
+        self.publish_events().await?;
+        let pruned = self.store.prune_finished_tasks(self.retention, PRUNE_BATCH).await?;
+        if pruned > 0 {
+            tracing::info!(imports = pruned, "Deleted the task rows of imports past the retention.");
+        }
+        Ok(())
     }
 
     async fn publish_tasks(&self, tasks: &[(TaskKind, TaskMessage)]) -> Result<(), SchedulerError> {

@@ -7,7 +7,9 @@
 //! - [`housekeeping`]: a periodic pass (and one at once whenever a task is
 //!   recorded or ends) that releases held tasks within the fair share,
 //!   finishes imports whose tasks have all ended, publishes the
-//!   FinishedEvent outbox, and re-publishes tasks whose message was lost.
+//!   FinishedEvent outbox, re-publishes tasks whose message was lost, and
+//!   deletes the task rows of imports finished longer ago than the
+//!   retention.
 
 mod housekeeping;
 mod requests;
@@ -58,6 +60,11 @@ pub struct SchedulerConfig {
     /// all its imports together (at least TETHER_FAIR_IMPORT_TASKS).
     #[arg(long, env = "TETHER_FAIR_WORKSPACE_TASKS", default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..))]
     pub fair_workspace_tasks: i64,
+    /// Days after an import finished until its task rows (and copy items)
+    /// are deleted; images and failures stay. A pruned import cannot be
+    /// requeued.
+    #[arg(long, env = "TETHER_RETENTION_DAYS", default_value_t = 7.0)]
+    pub retention_days: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,8 +86,22 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
     let tick = Duration::try_from_secs_f64(config.tick_secs).map_err(|_| {
         SchedulerError::Config("TETHER_SCHEDULER_TICK_SECS must be a positive number of seconds".into())
     })?;
-    let store = Store::connect(&config.common.database_url, config.common.db_pool_size)?;
+    let retention = Duration::try_from_secs_f64(config.retention_days * 86_400.0).map_err(|_| {
+        SchedulerError::Config("TETHER_RETENTION_DAYS must be a number of days, 0 or more".into())
+    })?;
+    let store = Store::connect_with(
+        &config.common.database_url,
+        config.common.db_pool_size,
+        config.common.db_session,
+    )?;
     store.migrate().await?;
+    let session = store.session_info().await?;
+    tracing::info!(
+        tls = session.tls,
+        statement_timeout = session.statement_timeout,
+        lock_timeout = session.lock_timeout,
+        "Connected to Postgres."
+    );
     let link = Link::default();
     // The first connection must work: a wrong URL is a configuration error.
     let mut connection = link.establish(&config.common.amqp_url, "tether-scheduler").await?;
@@ -102,7 +123,8 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
         config.common.secrets_key.clone(),
         Arc::clone(&wake),
     );
-    let keeper = housekeeping::Keeper::new(store.clone(), link.clone(), config.republish_after_secs, share);
+    let keeper =
+        housekeeping::Keeper::new(store.clone(), link.clone(), config.republish_after_secs, share, retention);
     // The scheduler's own token, so that stopping it stops the housekeeping
     // without cancelling whatever else shares the caller's token.
     let stop = shutdown.child_token();

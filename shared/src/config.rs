@@ -38,12 +38,37 @@ pub struct CommonConfig {
     /// Postgres connections per process.
     #[arg(long, env = "TETHER_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
+    #[command(flatten)]
+    pub db_session: DbSession,
     /// 32 random bytes, base64: seals the SAS tokens Tether keeps in
     /// Postgres. Schedulers and workers need the same key.
     #[arg(long, env = "TETHER_SECRETS_KEY", hide_env_values = true)]
     pub secrets_key: Option<SecretsKey>,
     #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// What every Postgres connection of a process is limited to. TLS is asked
+/// for in `TETHER_DATABASE_URL` itself (`sslmode=require`, `verify-ca`,
+/// `verify-full`, with `sslrootcert`), as libpq does.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct DbSession {
+    /// A statement running longer than this is cancelled (0: no limit).
+    #[arg(long, env = "TETHER_DB_STATEMENT_TIMEOUT_SECS", default_value_t = DbSession::DEFAULT.statement_timeout_secs)]
+    pub statement_timeout_secs: u64,
+    /// A statement waiting longer than this for a lock fails (0: no limit).
+    #[arg(long, env = "TETHER_DB_LOCK_TIMEOUT_SECS", default_value_t = DbSession::DEFAULT.lock_timeout_secs)]
+    pub lock_timeout_secs: u64,
+}
+
+impl DbSession {
+    pub const DEFAULT: Self = Self { statement_timeout_secs: 60, lock_timeout_secs: 10 };
+}
+
+impl Default for DbSession {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 /// Where customers' stores are and how they are addressed (contract §5),

@@ -4,6 +4,7 @@
 //! service makes the test fail with a message saying so; nothing is skipped.
 
 pub mod api;
+pub mod history;
 pub mod moto_auth;
 pub mod proxy;
 pub mod stores;
@@ -148,6 +149,7 @@ impl TestEnv {
             amqp_url: Secret::new(self.amqp_url.clone()),
             metrics_addr: None,
             db_pool_size: 8,
+            db_session: Default::default(),
             secrets_key: Some(TEST_SECRETS_KEY.parse().expect("the test key is 32 bytes")),
             log_format: LogFormat::Text,
         }
@@ -163,6 +165,7 @@ impl TestEnv {
             republish_after_secs: 300.0,
             fair_import_tasks: 32,
             fair_workspace_tasks: 64,
+            retention_days: 7.0,
         }
     }
 

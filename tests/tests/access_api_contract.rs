@@ -40,6 +40,7 @@ fn config(database_url: &str, metrics_port: u16) -> ApiConfig {
         max_streams: 4,
         database_url: Secret::new(database_url),
         db_pool_size: 2,
+        db_session: Default::default(),
         metrics_addr: Some(format!("127.0.0.1:{metrics_port}").parse().expect("addr")),
         secrets_key: Some(TEST_SECRETS_KEY.parse().expect("key")),
         previous_secrets_keys: Vec::new(),

@@ -203,7 +203,11 @@ fn ranged_reads(config: &WorkerConfig) -> RangedReads {
 
 /// Runs a worker until `shutdown` is cancelled, then drains.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
-    let store = Store::connect(&config.common.database_url, config.common.db_pool_size)?;
+    let store = Store::connect_with(
+        &config.common.database_url,
+        config.common.db_pool_size,
+        config.common.db_session,
+    )?;
     let store_timeout = Duration::from_secs(config.store_timeout_secs);
     // Without these, a store that accepts a connection and never answers
     // holds the call forever (the SDK sets a connect timeout only).

@@ -79,16 +79,26 @@ impl Store {
     pub async fn requeue_import(&self, import_id: Uuid) -> Result<Requeued, DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // The import first: retention locks it before deleting its tasks.
+        // No worker holds a task of a final import, so this order meets no
+        // page commit (which locks its task, then the import).
         let Some(row) = tx
             .query_opt(
-                "SELECT state, request IS NOT NULL FROM tether.imports WHERE import_id = $1",
+                "SELECT state, request IS NOT NULL, to_char(tasks_pruned_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+                 FROM tether.imports WHERE import_id = $1 FOR UPDATE",
                 &[&import_id],
             )
             .await?
         else {
             return Ok(Requeued::NotFound);
         };
-        let (state, has_request): (String, bool) = (row.get(0), row.get(1));
+        let (state, has_request, pruned_on): (String, bool, Option<String>) =
+            (row.get(0), row.get(1), row.get(2));
+        if let Some(day) = pruned_on {
+            return Ok(Requeued::NotRequeueable(format!(
+                "its tasks were deleted on {day} by retention (TETHER_RETENTION_DAYS after it finished), so there is nothing to resume; send the same request with a new import_id: objects already imported are skipped"
+            )));
+        }
         if !has_request {
             return Ok(Requeued::NotRequeueable(
                 "its request was rejected; send a corrected request with a new import_id".into(),
@@ -99,7 +109,6 @@ impl Store {
                 "it is {state}; only failed or partially succeeded imports can be requeued"
             )));
         }
-        // Tasks first, then the import: the order every writer locks them in.
         let resumed = tx
             .query(
                 "UPDATE tether.tasks SET state = 'pending', seq = seq + 1, attempts = 0, held = false,

@@ -1,15 +1,19 @@
 //! Postgres: the pool, the migrations, and every query Tether runs, grouped by
 //! what they touch ([`imports`], [`tasks`], [`events`], [`dispatch`], [`budgets`]), for staff
-//! [`admin`] and their [`audit`] trail, and for the access API [`access`]. Postgres is the source
+//! [`admin`] and their [`audit`] trail, for the access API [`access`], and [`retention`]. How a
+//! process connects (TLS, session limits) is [`connect`]'s. Postgres is the source
 //! of truth; RabbitMQ messages only say "look at this row now".
 
 pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod budgets;
+mod connect;
 pub mod dispatch;
 pub mod events;
 pub mod imports;
+mod request_cache;
+pub mod retention;
 pub mod tasks;
 pub mod wakeups;
 
@@ -18,6 +22,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::NoTls;
 
+use crate::config::DbSession;
 use crate::contract::Secret;
 use crate::model::scope::{sqlstate_is_transient, Scope};
 
@@ -35,6 +40,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0014_audit", include_str!("../../../migrations/0014_audit.sql")),
     ("0015_fair_dispatch", include_str!("../../../migrations/0015_fair_dispatch.sql")),
     ("0016_request_budgets", include_str!("../../../migrations/0016_request_budgets.sql")),
+    ("0017_local_inserts", include_str!("../../../migrations/0017_local_inserts.sql")),
+    ("0018_import_counts", include_str!("../../../migrations/0018_import_counts.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises schedulers
@@ -88,30 +95,43 @@ fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
+/// A session's TLS and limits (see [`Store::session_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub tls: bool,
+    pub statement_timeout: String,
+    pub lock_timeout: String,
+}
+
 /// Tether's handle on Postgres: a pool plus the named queries in the
 /// submodules.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: Pool,
     /// For connections of its own (the scheduler's wake-ups).
-    config: tokio_postgres::Config,
+    target: connect::Target,
+    /// Validated requests by import, shared by the clones of this store.
+    requests: std::sync::Arc<request_cache::RequestCache>,
 }
 
 impl Store {
-    /// Builds a pool; connections are made lazily, so this does not fail when
-    /// Postgres is down.
+    /// Builds a pool with the default session limits; connections are made
+    /// lazily, so this does not fail when Postgres is down.
     pub fn connect(url: &Secret, max_size: usize) -> Result<Self, DbError> {
-        let config: tokio_postgres::Config = url
-            .expose()
-            .parse()
-            // The parser's message never contains the password.
-            .map_err(|e: tokio_postgres::Error| DbError::BadUrl(e.to_string()))?;
+        Self::connect_with(url, max_size, DbSession::default())
+    }
+
+    /// Builds a pool whose every connection runs under `session`'s limits,
+    /// over TLS if the URL asks for it.
+    pub fn connect_with(url: &Secret, max_size: usize, session: DbSession) -> Result<Self, DbError> {
+        // The parser's messages never contain the password.
+        let target = connect::Target::parse(url.expose(), session)?;
         // Verified: after a database restart, Fast would hand out dead connections.
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Verified },
-        );
+        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Verified };
+        let manager = match &target.tls {
+            Some(tls) => Manager::from_config(target.config.clone(), tls.clone(), manager_config),
+            None => Manager::from_config(target.config.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(max_size)
             .runtime(Runtime::Tokio1)
@@ -122,7 +142,22 @@ impl Store {
             })
             .build()
             .map_err(|e| DbError::BadUrl(e.to_string()))?;
-        Ok(Self { pool, config })
+        Ok(Self { pool, target, requests: Default::default() })
+    }
+
+    /// What a session of this store runs under, as Postgres reports it: for
+    /// the start-up log line, so operators see the limits and TLS in force.
+    pub async fn session_info(&self) -> Result<SessionInfo, DbError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false),
+                        current_setting('statement_timeout'), current_setting('lock_timeout')",
+                &[],
+            )
+            .await?;
+        Ok(SessionInfo { tls: row.get(0), statement_timeout: row.get(1), lock_timeout: row.get(2) })
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
@@ -134,6 +169,9 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // A migration may rebuild a large table: the session's statement
+        // limit is for the steady state, not for this.
+        tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0").await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
         tx.batch_execute(
             "CREATE SCHEMA IF NOT EXISTS tether;

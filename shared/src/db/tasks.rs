@@ -14,12 +14,15 @@
 //! (`prepare_cached`): a page is a handful of statements, and parsing and
 //! planning them each time cost Postgres more than running them.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::request_cache::CachedRequest;
 use super::{DbError, Store};
 use crate::contract::{ImportRequest, Mode};
 use crate::model::FailureCode;
@@ -28,15 +31,25 @@ use crate::task::{TaskKind, TaskMessage};
 /// Namespace of the UUIDv5s that identify images and failures.
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5d1f_6c3e_8a2b_4c71_9e0d_7b3a_1f42_e8c6);
 
-/// The `tether.images.image_id` of a new row: a UUIDv5 of (`workspace_id`,
-/// `dataset_id`, `source_url`), so that two workspaces' datasets of the same
-/// name never share an id. Rows written before migration 0013 keep the id
-/// they got from (`dataset_id`, `source_url`): imports find a row by its
-/// workspace, dataset and URL (the unique index), never by recomputing its
-/// id. The two forms cannot meet: ids hold no newline and a source URL
-/// starts with a scheme, which no dataset id can.
-pub fn image_id(workspace_id: &str, dataset_id: &str, source_url: &str) -> Uuid {
-    Uuid::new_v5(&ID_NAMESPACE, format!("{workspace_id}\n{dataset_id}\n{source_url}").as_bytes())
+/// The `image_id` of an image new to its dataset: a UUIDv8 whose first 4
+/// bytes come from (`workspace_id`, `dataset_id`) and the next 28 bits from
+/// the time in milliseconds (wrapping every 74 hours), the rest random. New
+/// rows of one dataset thus land at one point of the primary key instead
+/// of on a random page of it (migration 0017). An id is given once: a
+/// re-import finds the row by its name and keeps the id it has.
+pub fn new_image_id(workspace_id: &str, dataset_id: &str) -> Uuid {
+    let dataset = Uuid::new_v5(&ID_NAMESPACE, format!("{workspace_id}\n{dataset_id}").as_bytes());
+    let millis = u64::try_from(Utc::now().timestamp_millis()).unwrap_or_default();
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[..4].copy_from_slice(&dataset.as_bytes()[..4]);
+    // Byte 6's high nibble is the version (set by new_v8): the time's 28
+    // bits go around it, most significant first.
+    let [.., t3, t2, t1, t0] = (millis & 0x0fff_ffff).to_be_bytes();
+    bytes[4] = (t3 << 4) | (t2 >> 4);
+    bytes[5] = (t2 << 4) | (t1 >> 4);
+    bytes[6] = t1 & 0x0f;
+    bytes[7] = t0;
+    Uuid::new_v8(bytes)
 }
 
 fn failure_key(source_url: &str) -> Uuid {
@@ -54,9 +67,9 @@ pub struct TaskContext {
     pub message: TaskMessage,
     pub import_id: Uuid,
     pub work: Work,
-    /// The request as stored: an Azure source's SAS token is in
-    /// `sealed_secret`, not here.
-    pub request: ImportRequest,
+    /// The request as stored (parsed once per import and process): an
+    /// Azure source's SAS token is in `sealed_secret`, not here.
+    pub request: Arc<ImportRequest>,
     /// What the scheduler sealed for this import (an Azure SAS token).
     pub sealed_secret: Option<Vec<u8>>,
 }
@@ -191,10 +204,11 @@ impl Store {
         message: TaskMessage,
     ) -> Result<Option<TaskContext>, DbError> {
         let client = self.client().await?;
+        // The request comes from the cache (request_cache): only the task's
+        // own row is read per message.
         let statement = client
             .prepare_cached(
-                "SELECT t.import_id, t.prefix, t.continuation, t.items, i.request, i.source_secret,
-                        t.delimited, t.start_at
+                "SELECT t.import_id, t.prefix, t.continuation, t.items, t.delimited, t.start_at
                  FROM tether.tasks t JOIN tether.imports i USING (import_id)
                  WHERE t.task_id = $1 AND t.seq = $2 AND t.kind = $3 AND t.state = 'pending'
                    AND i.state IN ('queued', 'running')",
@@ -202,13 +216,13 @@ impl Store {
             .await?;
         let row = client.query_opt(&statement, &[&message.task_id, &message.seq, &kind.as_str()]).await?;
         let Some(row) = row else { return Ok(None) };
-        let request = ImportRequest::from_stored_json(&row.get(4)).map_err(DbError::Corrupt)?;
+        let import_id: Uuid = row.get(0);
         let work = match kind {
             TaskKind::List => Work::List(ListPosition {
                 prefix: row.get::<_, Option<String>>(1).unwrap_or_default(),
                 continuation: row.get(2),
-                delimited: row.get(6),
-                start_at: row.get(7),
+                delimited: row.get(4),
+                start_at: row.get(5),
             }),
             TaskKind::Copy => {
                 let items: Option<Value> = row.get(3);
@@ -217,7 +231,31 @@ impl Store {
                 Work::Copy { items }
             }
         };
-        Ok(Some(TaskContext { message, import_id: row.get(0), work, request, sealed_secret: row.get(5) }))
+        let cached = match self.requests.get(import_id) {
+            Some(cached) => cached,
+            None => {
+                let row = client
+                    .query_one(
+                        "SELECT request, source_secret, octet_length(request::text) FROM tether.imports
+                         WHERE import_id = $1",
+                        &[&import_id],
+                    )
+                    .await?;
+                let request = ImportRequest::from_stored_json(&row.get(0)).map_err(DbError::Corrupt)?;
+                let bytes = usize::try_from(row.get::<_, Option<i32>>(2).unwrap_or(0)).unwrap_or(0);
+                self.requests.insert(
+                    import_id,
+                    CachedRequest { request: Arc::new(request), sealed_secret: row.get(1), bytes },
+                )
+            }
+        };
+        Ok(Some(TaskContext {
+            message,
+            import_id,
+            work,
+            request: Arc::clone(&cached.request),
+            sealed_secret: cached.sealed_secret.clone(),
+        }))
     }
 
     /// The room a delimited page's sub-prefixes may take: the import's
@@ -602,8 +640,9 @@ async fn upsert_images(
         return Ok(0);
     }
     let request = &task.request;
+    // Used only by rows new to the dataset; a row found by name keeps its id.
     let ids: Vec<Uuid> =
-        images.iter().map(|i| image_id(&request.workspace_id, &request.dataset_id, &i.source_url)).collect();
+        images.iter().map(|_| new_image_id(&request.workspace_id, &request.dataset_id)).collect();
     let urls: Vec<&str> = images.iter().map(|i| i.source_url.as_str()).collect();
     let sizes: Vec<i64> = images.iter().map(|i| i.size_bytes).collect();
     let etags: Vec<Option<&str>> = images.iter().map(|i| i.etag.as_deref()).collect();
@@ -620,7 +659,7 @@ async fn upsert_images(
              SELECT u.id, $1, $2, $3, u.url, u.size, u.etag, u.modified, $9, u.stored
              FROM unnest($4::uuid[], $5::text[], $6::int8[], $7::text[], $8::timestamptz[], $10::text[])
                   AS u(id, url, size, etag, modified, stored)
-             ON CONFLICT (workspace_id, dataset_id, tether.url_key(source_url)) WHERE NOT superseded
+             ON CONFLICT (workspace_id, dataset_id, tether.url_key(source_url), (CASE WHEN superseded THEN image_id END))
              DO UPDATE
              SET import_id = EXCLUDED.import_id, size_bytes = EXCLUDED.size_bytes, etag = EXCLUDED.etag,
                  last_modified = EXCLUDED.last_modified, storage = EXCLUDED.storage,

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::Store;
@@ -36,35 +37,57 @@ impl Store {
         }
     }
 
-    /// Listens on one connection until it fails.
+    /// Listens on one connection (over TLS if the URL asks for it) until it
+    /// fails.
     async fn listen_once(&self, wake: &Arc<Notify>) -> Result<(), tokio_postgres::Error> {
-        let (client, mut connection) = self.config.connect(NoTls).await?;
-        let (lost_tx, lost) = tokio::sync::oneshot::channel();
-        let notify = Arc::clone(wake);
-        let driver = tokio::spawn(async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(_)) => notify.notify_one(),
-                    Ok(_) => {}
-                    Err(error) => {
-                        let _ = lost_tx.send(error);
-                        return;
-                    }
-                }
+        let config = &self.target.config;
+        match &self.target.tls {
+            Some(tls) => {
+                let (client, connection) = config.connect(tls.clone()).await?;
+                listen_on(client, connection, wake).await
             }
-        });
-        let result = async {
-            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-            // Anything that ended while we were not listening.
-            wake.notify_one();
-            match lost.await {
-                Ok(error) => Err(error),
-                Err(_) => Ok(()),
+            None => {
+                let (client, connection) = config.connect(NoTls).await?;
+                listen_on(client, connection, wake).await
             }
         }
-        .await;
-        driver.abort();
-        result
     }
+}
+
+async fn listen_on<S, T>(
+    client: Client,
+    mut connection: Connection<S, T>,
+    wake: &Arc<Notify>,
+) -> Result<(), tokio_postgres::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (lost_tx, lost) = tokio::sync::oneshot::channel();
+    let notify = Arc::clone(wake);
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => notify.notify_one(),
+                Ok(_) => {}
+                Err(error) => {
+                    let _ = lost_tx.send(error);
+                    return;
+                }
+            }
+        }
+    });
+    let result = async {
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        // Anything that ended while we were not listening.
+        wake.notify_one();
+        match lost.await {
+            Ok(error) => Err(error),
+            Err(_) => Ok(()),
+        }
+    }
+    .await;
+    driver.abort();
+    result
 }
