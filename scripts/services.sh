@@ -65,18 +65,20 @@ start_postgres() {
       || die "pg_ctlcluster could not start PostgreSQL"
     wait_for 30 "PostgreSQL on 127.0.0.1:5432" pg_ready
   fi
-  # The role needs a password: plain Debian demands one for TCP logins.
+  # The role needs a password: plain Debian demands one for TCP logins. It
+  # makes each test's database and role (CREATEROLE: tests log in with a
+  # password of their own, which the secrets tests look for in the logs).
   if psql -X -w -tA "postgres://tether:tether@127.0.0.1:5432/tether" \
-       -c "select rolcreatedb from pg_roles where rolname = current_user" 2>/dev/null | grep -qx t; then
+       -c "select rolcreatedb and rolcreaterole from pg_roles where rolname = current_user" 2>/dev/null | grep -qx t; then
     say "postgres: $did; role and database tether present"
     return
   fi
   pg_admin <<'SQL' || die "could not create role/database tether"
 DO $$ BEGIN
   IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'tether') THEN
-    ALTER ROLE tether LOGIN CREATEDB PASSWORD 'tether';
+    ALTER ROLE tether LOGIN CREATEDB CREATEROLE PASSWORD 'tether';
   ELSE
-    CREATE ROLE tether LOGIN CREATEDB PASSWORD 'tether';
+    CREATE ROLE tether LOGIN CREATEDB CREATEROLE PASSWORD 'tether';
   END IF;
 END $$;
 SELECT 'CREATE DATABASE tether OWNER tether' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'tether')\gexec

@@ -32,6 +32,9 @@ pub struct Faults {
     /// The region of every bucket behind the proxy: a request signed for
     /// another is refused (see [`misdirected`]).
     pub bucket_region: Option<&'static str>,
+    /// Keep every answer's body (see [`Counts::recorded`]): the secrets a
+    /// store handed out, STS sessions say, for a test to look for.
+    pub record: bool,
 }
 
 /// What the proxy did so far.
@@ -43,6 +46,22 @@ pub struct Counts {
     pub expired: AtomicU64,
     /// Refused for being signed for the wrong region.
     pub misdirected: AtomicU64,
+    /// The bodies of the answers forwarded, when [`Faults::record`] is set.
+    pub recorded: std::sync::Mutex<Vec<String>>,
+}
+
+impl Counts {
+    /// Every value of the XML element `tag` in the recorded answers
+    /// (`SecretAccessKey`, `SessionToken`, ...).
+    pub fn recorded_values(&self, tag: &str) -> Vec<String> {
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        let bodies = self.recorded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        bodies
+            .iter()
+            .flat_map(|body| body.split(open.as_str()).skip(1))
+            .filter_map(|rest| rest.split_once(close.as_str()).map(|(value, _)| value.to_owned()))
+            .collect()
+    }
 }
 
 /// A running proxy; stops when dropped.
@@ -146,6 +165,16 @@ async fn handle(
     let authority = upstream.authority().map_or("127.0.0.1", |a| a.as_str());
     parts.uri = format!("http://{authority}{path}").parse().map_err(|_| Dropped)?;
     match client.request(Request::from_parts(parts, body)).await {
+        Ok(response) if faults.record => {
+            let (parts, body) = response.into_parts();
+            let bytes = body.collect().await.map_err(|_| Dropped)?.to_bytes();
+            counts
+                .recorded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(String::from_utf8_lossy(&bytes).into_owned());
+            Ok(Response::from_parts(parts, Full::new(bytes).map_err(|never: Infallible| match never {}).boxed()))
+        }
         Ok(response) => Ok(response.map(BodyExt::boxed)),
         Err(_) => {
             let mut response = Response::new(full("the emulator did not answer"));
