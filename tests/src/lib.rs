@@ -5,11 +5,11 @@
 //! `make test` starts, and deletes them when it ends. A missing service makes
 //! the test fail with a message saying so; nothing is skipped.
 
-pub mod amqp_proxy;
 pub mod api;
 pub mod moto_auth;
 pub mod process;
 pub mod proxy;
+pub mod service_proxy;
 pub mod stores;
 
 use std::collections::BTreeMap;

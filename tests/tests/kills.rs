@@ -4,32 +4,40 @@
 //!
 //! The scheduler re-publishes lost messages only after the production delay
 //! (300 s), longer than the test waits: a message lost by a kill (one
-//! acknowledged before its work was committed) fails the test. Every other
-//! kill lands between a commit and its ack on purpose: the worker's acks are
-//! withheld by an AMQP proxy until one was, so the broker redelivers steps
-//! that are already committed.
+//! acknowledged before its work was committed) fails the test. Each kill
+//! first pauses the victim's database connections (a proxy holds what it
+//! sends) for a second, so the commits it already sent finish and publish
+//! their next steps: the one loss Tether accepts, a crash between a commit
+//! and its publish (re-published after 300 s), is kept out of the test, and
+//! every task the victim holds is mid-work. Every other kill lands between a
+//! commit and its ack on purpose: the worker's acks are withheld by the AMQP
+//! proxy until one was, so the broker redelivers steps already committed.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tether_shared::task::TaskKind;
-use tether_tests::amqp_proxy::AmqpProxy;
+use tether_tests::service_proxy::ServiceProxy;
 use tether_tests::process::Process;
 use tether_tests::TestEnv;
 
 const KILLS: usize = 6;
 
-/// A worker process and the proxy its AMQP connection goes through.
+/// A worker process and the proxies its AMQP and Postgres connections go
+/// through.
 struct Worker {
     process: Process,
-    proxy: AmqpProxy,
+    proxy: ServiceProxy,
+    database: ServiceProxy,
 }
 
 async fn spawn(env: &TestEnv, settings: &[(&str, String)]) -> Worker {
-    let proxy = AmqpProxy::start(&env.amqp_url).await;
+    let proxy = ServiceProxy::start(&env.amqp_url).await;
+    let database = ServiceProxy::database(&env.database_url).await;
     let mut settings = settings.to_vec();
     settings.push(("TETHER_AMQP_URL", proxy.url.clone()));
-    Worker { process: env.spawn_worker_process(&settings), proxy }
+    settings.push(("TETHER_DATABASE_URL", database.url.clone()));
+    Worker { process: env.spawn_worker_process(&settings), proxy, database }
 }
 
 /// Runs an import while killing one of two worker processes `KILLS` times,
@@ -56,6 +64,10 @@ async fn run_with_kills(
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        victim.database.pause();
+        // No condition to wait on from outside: the commits in flight end
+        // within milliseconds; a second is ample on a loaded machine.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let status = env.status(id).await.expect("a status");
         assert_eq!(status["state"], "running", "kill {k} came after the import ended: {status}");
         victim.process.kill().await;
