@@ -112,7 +112,11 @@ pub struct TestEnv {
 impl TestEnv {
     pub async fn new() -> Self {
         init_log_capture();
-        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        // The start time first (8 hex digits of Unix seconds), so that
+        // `scripts/services.sh clean-tests` removes only old leftovers.
+        let started =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let id = format!("{started:08x}{}", &Uuid::new_v4().simple().to_string()[..6]);
         let database_password = format!("pg-{}", Uuid::new_v4().simple());
         let amqp_password = format!("mq-{}", Uuid::new_v4().simple());
         let database_url = create_database(&id, &database_password).await;
@@ -561,7 +565,8 @@ impl TestEnv {
     /// `messages_unacknowledged`, `message_stats.redeliver`, ...).
     pub async fn queue_info(&self, queue: &str) -> Value {
         let path = format!("queues/tether-t-{}/{queue}", self.id);
-        let response = management(reqwest::Method::GET, &path, None).await.expect("the management API answers");
+        let response =
+            management(reqwest::Method::GET, &path, None).await.expect("the management API answers");
         assert!(response.status().is_success(), "GET /api/{path}: {}", response.status());
         response.json().await.expect("queue info as JSON")
     }
@@ -608,7 +613,8 @@ impl TestEnv {
     pub async fn publish_to_queue(&self, queue: &str, body: &[u8]) {
         let channel = self.amqp.create_channel().await.expect("channel");
         channel.confirm_select(Default::default()).await.expect("confirms");
-        let properties = BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
+        let properties =
+            BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
         channel
             .basic_publish("".into(), queue.into(), Default::default(), body, properties)
             .await

@@ -13,7 +13,9 @@ use tokio::io::AsyncBufReadExt;
 pub fn binary(name: &str) -> PathBuf {
     let mut candidates = Vec::new();
     // The test executable lives in <target>/<profile>/deps/.
-    if let Some(profile_dir) = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.parent()?.to_owned())) {
+    if let Some(profile_dir) =
+        std::env::current_exe().ok().and_then(|e| Some(e.parent()?.parent()?.to_owned()))
+    {
         candidates.push(profile_dir.join(name));
     }
     if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
@@ -43,9 +45,9 @@ impl Process {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({e}): run `cargo build --workspace --bins` first"));
+        let mut child = command.spawn().unwrap_or_else(|e| {
+            panic!("cannot start {name} ({e}): run `cargo build --workspace --bins` first")
+        });
         let logs = Arc::new(Mutex::new(String::new()));
         if let Some(out) = child.stdout.take() {
             tokio::spawn(capture(out, name.to_owned(), Arc::clone(&logs)));

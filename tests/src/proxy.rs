@@ -127,7 +127,8 @@ impl FaultProxy {
         let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build_http();
         let counts = Arc::new(Counts::default());
         let stop = CancellationToken::new();
-        let seed = std::env::var("TETHER_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+        let seed =
+            std::env::var("TETHER_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
         eprintln!("fault proxy in front of {upstream}: seed {seed} (TETHER_TEST_SEED={seed} replays it)");
         let rng = Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)));
         let (task_counts, task_stop) = (Arc::clone(&counts), stop.clone());
@@ -223,7 +224,10 @@ async fn handle(
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push(String::from_utf8_lossy(&bytes).into_owned());
-            Ok(Response::from_parts(parts, Full::new(bytes).map_err(|never: Infallible| match never {}).boxed()))
+            Ok(Response::from_parts(
+                parts,
+                Full::new(bytes).map_err(|never: Infallible| match never {}).boxed(),
+            ))
         }
         Ok(response) => Ok(response.map(BodyExt::boxed)),
         Err(_) => {

@@ -64,7 +64,12 @@ impl ServiceProxy {
             Arc::new(AtomicU64::new(0)),
             CancellationToken::new(),
         );
-        let switches = Switches { amqp, hold: Arc::clone(&hold), paused: Arc::clone(&paused), withheld: Arc::clone(&withheld) };
+        let switches = Switches {
+            amqp,
+            hold: Arc::clone(&hold),
+            paused: Arc::clone(&paused),
+            withheld: Arc::clone(&withheld),
+        };
         let task_stop = stop.clone();
         tokio::spawn(async move {
             loop {

@@ -85,7 +85,8 @@ pub(crate) async fn delete_s3_bucket(s3: &aws_sdk_s3::Client, bucket: &str) {
         if ids.is_empty() {
             break;
         }
-        let Ok(delete) = aws_sdk_s3::types::Delete::builder().set_objects(Some(ids)).quiet(true).build() else {
+        let Ok(delete) = aws_sdk_s3::types::Delete::builder().set_objects(Some(ids)).quiet(true).build()
+        else {
             return;
         };
         if s3.delete_objects().bucket(bucket).delete(delete).send().await.is_err() {

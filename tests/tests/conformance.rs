@@ -120,7 +120,8 @@ async fn past_the_task_cap(provider: Provider) {
     const CAP: i64 = 3;
     let env = TestEnv::new().await;
     let bucket = env.bucket(provider).await;
-    let mut objects: Vec<(String, Vec<u8>)> = (0..4).map(|i| (format!("w/top_{i}.jpg"), body(i, 10))).collect();
+    let mut objects: Vec<(String, Vec<u8>)> =
+        (0..4).map(|i| (format!("w/top_{i}.jpg"), body(i, 10))).collect();
     for p in 0..9 {
         objects.extend((0..4).map(|i| (format!("w/p{p}/img_{i}.jpg"), body(i, 20))));
         objects.extend((0..2).map(|i| (format!("w/p{p}/deep/x_{i}.jpg"), body(i, 30))));
@@ -140,7 +141,9 @@ async fn past_the_task_cap(provider: Provider) {
     let expected: BTreeSet<String> = objects.iter().map(|(k, _)| bucket.url(k)).collect();
     assert_eq!(images.keys().cloned().collect::<BTreeSet<_>>(), expected);
     let tasks = env
-        .dump_text(&format!("SELECT count(*)::text FROM tether.tasks WHERE import_id = '{id}' AND kind = 'list'"))
+        .dump_text(&format!(
+            "SELECT count(*)::text FROM tether.tasks WHERE import_id = '{id}' AND kind = 'list'"
+        ))
         .await;
     assert_eq!(tasks, CAP.to_string(), "the cap is reached, not passed");
     let recursive = env

@@ -97,11 +97,18 @@ async fn only_tethers_own_retries_get_past_a_store_that_refuses_each_request_thr
     let fleet = env.start(vec![env.scheduler_config()], vec![]).await;
     let mut w = worker(&env, &proxy, &settings);
     let copied = env
-        .wait_final_within(env.submit(&copy_request(&env, "refused", &["r/"])).await, Duration::from_secs(120))
+        .wait_final_within(
+            env.submit(&copy_request(&env, "refused", &["r/"])).await,
+            Duration::from_secs(120),
+        )
         .await;
     assert_eq!(copied["state"], "succeeded", "{copied}");
     assert_eq!(
-        (copied["objects_listed"].as_i64(), copied["objects_imported"].as_i64(), copied["objects_failed"].as_i64()),
+        (
+            copied["objects_listed"].as_i64(),
+            copied["objects_imported"].as_i64(),
+            copied["objects_failed"].as_i64()
+        ),
         (Some(30), Some(30), Some(0))
     );
     let slowed = proxy.counts.slowed_down.load(Ordering::Relaxed);

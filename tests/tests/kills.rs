@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tether_shared::task::TaskKind;
-use tether_tests::service_proxy::ServiceProxy;
 use tether_tests::process::Process;
+use tether_tests::service_proxy::ServiceProxy;
 use tether_tests::TestEnv;
 
 const KILLS: usize = 6;

@@ -101,10 +101,12 @@ async fn a_committed_step_delivered_again_changes_nothing() {
     env.purge(queue).await;
     let tasks = "SELECT * FROM tether.tasks ORDER BY task_id";
     let images = "SELECT * FROM tether.images ORDER BY image_id";
-    let status = "SELECT state, objects_listed, objects_imported, objects_skipped, objects_failed, bytes_copied
+    let status =
+        "SELECT state, objects_listed, objects_imported, objects_skipped, objects_failed, bytes_copied
                   FROM tether.import_status";
     let before = (env.snapshot(tasks).await, env.snapshot(images).await, env.snapshot(status).await);
-    let pending = env.dump_text("SELECT task_id::text || ' ' || seq FROM tether.tasks WHERE state = 'pending'").await;
+    let pending =
+        env.dump_text("SELECT task_id::text || ' ' || seq FROM tether.tasks WHERE state = 'pending'").await;
     let pending: Vec<(uuid::Uuid, i32)> = pending
         .lines()
         .map(|l| {

@@ -42,8 +42,9 @@ async fn no_secret_reaches_the_output_of_any_process() {
     env.put_many((0..12).map(|i| format!("s/{i}.jpg"))).await;
     let container = env.bucket(Provider::Azure).await;
     container.put_all(&(0..4).map(|i| (format!("a/{i}.jpg"), vec![i; 10])).collect::<Vec<_>>()).await;
-    let sts = FaultProxy::start(&service_var("AWS_ENDPOINT_URL_STS"), Faults { record: true, ..Faults::default() })
-        .await;
+    let sts =
+        FaultProxy::start(&service_var("AWS_ENDPOINT_URL_STS"), Faults { record: true, ..Faults::default() })
+            .await;
     let dir = env.destination_dir();
     let settings = [
         ("RUST_LOG", "debug".to_owned()),
