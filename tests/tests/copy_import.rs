@@ -198,7 +198,7 @@ async fn hostile_keys_cannot_place_bytes_outside_the_destination() {
     // Every key is copied, whatever its extension.
     let mut request = copy_request(&env, "hostile", &["esc/"]);
     request["filter"] = serde_json::json!({ "extensions": ["*"] });
-    let status = env.wait_final(env.submit(&request).await).await;
+    let status = env.wait_final_within(env.submit(&request).await, std::time::Duration::from_secs(120)).await;
     assert_eq!(status["state"], "succeeded", "{status}");
     assert_eq!(status["objects_imported"], objects.len() as i64);
     assert_copied(&env, "hostile", &objects, &format!("file://{}/", dir.display())).await;
