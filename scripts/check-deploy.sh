@@ -4,8 +4,12 @@
 #    (promtool test rules);
 #  - the Grafana dashboard is valid JSON, uses the ${DS_PROMETHEUS} data
 #    source, and every query in it is valid PromQL;
-#  - the Kubernetes manifests are valid YAML (when PyYAML is installed).
-# Needs promtool (Debian package `prometheus`) and python3.
+#  - the Kubernetes manifests are valid against the Kubernetes schemas
+#    (kubernetes-validate --strict, offline: its schemas are in the package;
+#    KEDA's and the Prometheus operator's kinds have none there and are only
+#    reported).
+# Needs promtool (Debian package `prometheus`), python3 and kubernetes-validate
+# (scripts/services.sh test-tools installs both).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -77,19 +81,10 @@ PY
 promtool check rules "$TMP/dashboard-queries.json" >/dev/null \
   || { promtool check rules "$TMP/dashboard-queries.json" || true; die "$DASHBOARD: a query is not valid PromQL"; }
 
-if python3 -c 'import yaml' 2>/dev/null; then
-  say "validating deploy/kubernetes/*.yaml"
-  for f in deploy/kubernetes/*.yaml; do
-    python3 -c '
-import sys, yaml
-docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-for d in docs:
-    assert d.get("apiVersion") and d.get("kind") and d.get("metadata", {}).get("name"), \
-        "a document lacks apiVersion, kind or metadata.name"
-' "$f" || die "$f is not valid"
-  done
-else
-  say "PyYAML not installed: skipping the YAML check of deploy/kubernetes/"
-fi
+VALIDATE="$ROOT/.services/venv/bin/kubernetes-validate"
+[[ -x $VALIDATE ]] || VALIDATE=$(command -v kubernetes-validate) \
+  || die "kubernetes-validate not found; run scripts/services.sh test-tools (pip install kubernetes-validate)"
+say "kubernetes-validate --strict deploy/kubernetes/*.yaml"
+"$VALIDATE" --strict --quiet deploy/kubernetes/*.yaml || die "a Kubernetes manifest does not match its schema"
 
 say "OK"

@@ -65,18 +65,20 @@ start_postgres() {
       || die "pg_ctlcluster could not start PostgreSQL"
     wait_for 30 "PostgreSQL on 127.0.0.1:5432" pg_ready
   fi
-  # The role needs a password: plain Debian demands one for TCP logins.
+  # The role needs a password: plain Debian demands one for TCP logins. It
+  # makes each test's database and role (CREATEROLE: tests log in with a
+  # password of their own, which the secrets tests look for in the logs).
   if psql -X -w -tA "postgres://tether:tether@127.0.0.1:5432/tether" \
-       -c "select rolcreatedb from pg_roles where rolname = current_user" 2>/dev/null | grep -qx t; then
+       -c "select rolcreatedb and rolcreaterole from pg_roles where rolname = current_user" 2>/dev/null | grep -qx t; then
     say "postgres: $did; role and database tether present"
     return
   fi
   pg_admin <<'SQL' || die "could not create role/database tether"
 DO $$ BEGIN
   IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'tether') THEN
-    ALTER ROLE tether LOGIN CREATEDB PASSWORD 'tether';
+    ALTER ROLE tether LOGIN CREATEDB CREATEROLE PASSWORD 'tether';
   ELSE
-    CREATE ROLE tether LOGIN CREATEDB PASSWORD 'tether';
+    CREATE ROLE tether LOGIN CREATEDB CREATEROLE PASSWORD 'tether';
   END IF;
 END $$;
 SELECT 'CREATE DATABASE tether OWNER tether' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'tether')\gexec
@@ -266,22 +268,49 @@ bench_tools() {
   else apt_install rclone; say "rclone: installed"; fi
 }
 
-# promtool (Debian's prometheus package) checks the alert rules in make test.
+# promtool (Debian's prometheus package) checks the alert rules in make test;
+# kubernetes-validate (PyPI, schemas bundled: works offline) the manifests;
+# cargo-nextest runs the tests (make test falls back to cargo test without it,
+# which passes too: tests share no process-global state).
 test_tools() {
   if command -v promtool >/dev/null; then say "promtool: already installed"
   else apt_install --no-install-recommends prometheus; say "promtool: installed"; fi
+  ensure_venv
+  if [[ -x $VENV/bin/kubernetes-validate ]]; then say "kubernetes-validate: already installed"
+  else "$VENV/bin/pip" install -q kubernetes-validate || die "pip install kubernetes-validate failed"
+    say "kubernetes-validate: installed"; fi
+  if cargo nextest --version >/dev/null 2>&1; then say "cargo-nextest: already installed"
+  else cargo install cargo-nextest --locked || die "cargo install cargo-nextest --locked failed"
+    say "cargo-nextest: installed"; fi
 }
 
-# Test runs delete their virtual hosts and databases; this removes what a
-# killed run left behind (RabbitMQ slows down under many idle quorum queues).
+# Test runs delete their virtual hosts, users, databases and roles; this
+# removes what a killed run left behind (RabbitMQ slows down under many idle
+# quorum queues). A test's id starts with its start time (8 hex digits of
+# Unix seconds), so only leftovers older than TETHER_TEST_LEFTOVER_HOURS
+# (default 3) go: a run going on beside this one keeps its own.
+# old_names: reads names, prints those whose test started long enough ago.
+old_names() {
+  python3 -c '
+import os, re, sys, time
+limit = time.time() - float(os.environ.get("TETHER_TEST_LEFTOVER_HOURS", "3")) * 3600
+for name in sys.stdin.read().split():
+    m = re.fullmatch(r"tether[-_]t[-_]([0-9a-f]{8})[0-9a-f]{6}", name)
+    if m is None or int(m.group(1), 16) < limit:  # an older run named tests otherwise
+        print(name)'
+}
 clean_tests() {
-  local vhosts dbs
-  vhosts=$(curl -fsS -u guest:guest "http://127.0.0.1:15672/api/vhosts?columns=name" |
-    python3 -c 'import json,sys; print("\n".join(v["name"] for v in json.load(sys.stdin) if v["name"].startswith("tether-t-")))')
-  for v in $vhosts; do curl -fsS -o /dev/null -u guest:guest -X DELETE "http://127.0.0.1:15672/api/vhosts/$v" || true; done
-  dbs=$(psql -X -tA postgres://tether:tether@127.0.0.1:5432/tether -c "select datname from pg_database where datname like 'tether\_t\_%'")
-  for d in $dbs; do psql -X -q postgres://tether:tether@127.0.0.1:5432/tether -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" || true; done
-  say "test leftovers: removed $(wc -w <<<"$vhosts") virtual hosts, $(wc -w <<<"$dbs") databases"
+  local api=http://127.0.0.1:15672/api pg=postgres://tether:tether@127.0.0.1:5432/tether vhosts users dbs roles
+  local names='import json,sys; print("\n".join(v["name"] for v in json.load(sys.stdin) if v["name"].startswith("tether-t-")))'
+  vhosts=$(curl -fsS -u guest:guest "$api/vhosts?columns=name" | python3 -c "$names" | old_names)
+  for v in $vhosts; do curl -fsS -o /dev/null -u guest:guest -X DELETE "$api/vhosts/$v" || true; done
+  users=$(curl -fsS -u guest:guest "$api/users?columns=name" | python3 -c "$names" | old_names)
+  for u in $users; do curl -fsS -o /dev/null -u guest:guest -X DELETE "$api/users/$u" || true; done
+  dbs=$(psql -X -tA "$pg" -c "select datname from pg_database where datname like 'tether\_t\_%'" | old_names)
+  for d in $dbs; do psql -X -q "$pg" -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" || true; done
+  roles=$(psql -X -tA "$pg" -c "select rolname from pg_roles where rolname like 'tether\_t\_%'" | old_names)
+  for r in $roles; do psql -X -q "$pg" -c "DROP ROLE IF EXISTS $r" || true; done
+  say "test leftovers: removed $(wc -w <<<"$vhosts") virtual hosts, $(wc -w <<<"$users") users, $(wc -w <<<"$dbs") databases, $(wc -w <<<"$roles") roles"
 }
 
 # Values are single-quoted so that `eval` (under `set -a` in the Makefile)

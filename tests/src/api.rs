@@ -3,13 +3,12 @@
 //! tests make to it.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::AsyncBufReadExt;
 use uuid::Uuid;
 
+use crate::process::{self, Process};
 use crate::{TestEnv, TEST_SECRETS_KEY};
 
 /// The platform's bearer token, and a second one (a rotation).
@@ -22,8 +21,7 @@ pub struct Api {
     /// `http://127.0.0.1:PORT`, also its public URL.
     pub base: String,
     pub http: reqwest::Client,
-    child: tokio::process::Child,
-    logs: Arc<Mutex<String>>,
+    process: Process,
 }
 
 /// A port nothing listens on right now.
@@ -39,8 +37,7 @@ impl TestEnv {
     pub async fn spawn_api(&self, settings: &[(&str, String)]) -> Api {
         let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
-        let binary = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tether-api");
-        let mut command = tokio::process::Command::new(&binary);
+        let mut command = process::command("tether-api");
         command
             .env("TETHER_API_ADDR", format!("127.0.0.1:{port}"))
             .env("TETHER_API_PUBLIC_URL", &base)
@@ -50,22 +47,9 @@ impl TestEnv {
             .env("TETHER_S3_FORCE_PATH_STYLE", "true")
             .env("TETHER_API_ALLOWED_ORIGINS", "https://app.example.com")
             .env("RUST_LOG", "info")
-            .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().unwrap_or_else(|e| {
-            panic!("cannot start {} ({e}): run `cargo build --bins` first (make test does)", binary.display())
-        });
-        let logs = Arc::new(Mutex::new(String::new()));
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(capture(out, Arc::clone(&logs)));
-        }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(capture(err, Arc::clone(&logs)));
-        }
-        let api = Api { base, http: reqwest::Client::new(), child, logs };
+            .envs(settings.iter().map(|(k, v)| (*k, v.as_str())));
+        let process = Process::spawn("tether-api", command);
+        let api = Api { base, http: reqwest::Client::new(), process };
         api.wait_ready().await;
         api
     }
@@ -77,17 +61,6 @@ impl TestEnv {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect()
-    }
-}
-
-/// Copies a process's output, line by line, to `logs` and to stderr.
-async fn capture(output: impl tokio::io::AsyncRead + Unpin, logs: Arc<Mutex<String>>) {
-    let mut lines = tokio::io::BufReader::new(output).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        eprintln!("[tether-api] {line}");
-        let mut logs = logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        logs.push_str(&line);
-        logs.push('\n');
     }
 }
 
@@ -111,12 +84,12 @@ impl Api {
 
     /// Everything the process wrote so far.
     pub fn logs(&self) -> String {
-        self.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.process.logs()
     }
 
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.process.running()
     }
 
     /// `POST /v1/workspaces/{workspace}/signed-urls` with the first token.

@@ -1,12 +1,16 @@
 //! The harness of Tether's integration tests. Every test gets its own
-//! Postgres database, RabbitMQ virtual host and bucket, so tests run in
-//! parallel against the real services that `make test` starts. A missing
-//! service makes the test fail with a message saying so; nothing is skipped.
+//! Postgres database and role, RabbitMQ virtual host and user (each with a
+//! password of its own, which the secrets tests look for in every log) and
+//! bucket, so tests run in parallel against the real services that
+//! `make test` starts, and deletes them when it ends. A missing service makes
+//! the test fail with a message saying so; nothing is skipped.
 
 pub mod api;
 pub mod history;
 pub mod moto_auth;
+pub mod process;
 pub mod proxy;
+pub mod service_proxy;
 pub mod stores;
 
 use std::collections::BTreeMap;
@@ -96,6 +100,9 @@ pub struct TestEnv {
     pub id: String,
     pub database_url: String,
     pub amqp_url: String,
+    /// The passwords in `database_url` and `amqp_url`: secrets no log may show.
+    pub database_password: String,
+    pub amqp_password: String,
     pub store: Store,
     pub s3: aws_sdk_s3::Client,
     pub sdk: aws_config::SdkConfig,
@@ -106,9 +113,15 @@ pub struct TestEnv {
 impl TestEnv {
     pub async fn new() -> Self {
         init_log_capture();
-        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let database_url = create_database(&id).await;
-        let amqp_url = create_vhost(&id).await;
+        // The start time first (8 hex digits of Unix seconds), so that
+        // `scripts/services.sh clean-tests` removes only old leftovers.
+        let started =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let id = format!("{started:08x}{}", &Uuid::new_v4().simple().to_string()[..6]);
+        let database_password = format!("pg-{}", Uuid::new_v4().simple());
+        let amqp_password = format!("mq-{}", Uuid::new_v4().simple());
+        let database_url = create_database(&id, &database_password).await;
+        let amqp_url = create_vhost(&id, &amqp_password).await;
         let amqp = queue::connect(&Secret::new(amqp_url.clone()), "tether-test")
             .await
             .unwrap_or_else(|e| panic!("RabbitMQ is not reachable at {amqp_url}: {e}"));
@@ -140,7 +153,7 @@ impl TestEnv {
             )
         });
         let store = Store::connect(&Secret::new(database_url.clone()), 4).expect("database URL");
-        Self { id, database_url, amqp_url, store, s3, sdk, bucket, amqp }
+        Self { id, database_url, amqp_url, database_password, amqp_password, store, s3, sdk, bucket, amqp }
     }
 
     fn common(&self) -> CommonConfig {
@@ -202,22 +215,28 @@ impl TestEnv {
     }
 
     /// Starts a real `tether-worker` process (built by `make test`) on this
-    /// test's database and virtual host, with extra `TETHER_*` settings.
-    pub fn spawn_worker_process(&self, settings: &[(&str, String)]) -> tokio::process::Child {
-        let binary = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tether-worker");
-        let mut command = tokio::process::Command::new(&binary);
+    /// test's database and virtual host, with extra settings (`TETHER_*`,
+    /// `AWS_ENDPOINT_URL_S3`, `RUST_LOG`, ...) that override the defaults.
+    /// Its output is captured.
+    pub fn spawn_worker_process(&self, settings: &[(&str, String)]) -> process::Process {
+        self.spawn_process("tether-worker", settings)
+    }
+
+    /// Starts a real `tether-scheduler` process, as [`Self::spawn_worker_process`].
+    pub fn spawn_scheduler_process(&self, settings: &[(&str, String)]) -> process::Process {
+        self.spawn_process("tether-scheduler", settings)
+    }
+
+    fn spawn_process(&self, name: &str, settings: &[(&str, String)]) -> process::Process {
+        let mut command = process::command(name);
         command
             .env("TETHER_DATABASE_URL", &self.database_url)
             .env("TETHER_AMQP_URL", &self.amqp_url)
             .env("TETHER_S3_FORCE_PATH_STYLE", "true")
             .env("TETHER_SECRETS_KEY", TEST_SECRETS_KEY)
-            .env("RUST_LOG", "warn")
-            .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        command.spawn().unwrap_or_else(|e| {
-            panic!("cannot start {} ({e}): run `cargo build --bins` first (make test does)", binary.display())
-        })
+            .env("RUST_LOG", "info")
+            .envs(settings.iter().map(|(k, v)| (*k, v.as_str())));
+        process::Process::spawn(name, command)
     }
 
     /// A fresh bucket for copies (`s3://` destination); returns its name.
@@ -265,13 +284,19 @@ impl TestEnv {
             }));
         }
         let fleet = Fleet { token, handles };
+        self.wait_schema(|| fleet.assert_running()).await;
+        fleet
+    }
+
+    /// Waits (up to 30 s) until a scheduler has applied the migrations,
+    /// calling `check` (which panics if a process stopped) meanwhile.
+    pub async fn wait_schema(&self, mut check: impl FnMut()) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !self.schema_ready().await {
-            fleet.assert_running();
+            check();
             assert!(tokio::time::Instant::now() < deadline, "no schema 30 s after the schedulers started");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        fleet
     }
 
     /// Whether a scheduler has applied the migrations.
@@ -549,18 +574,92 @@ impl TestEnv {
     pub async fn import_count(&self) -> i64 {
         self.query("SELECT count(*) FROM tether.imports", &[]).await[0].get(0)
     }
+
+    /// The management API's view of one of this test's queues (`messages`,
+    /// `messages_unacknowledged`, `message_stats.redeliver`, ...).
+    pub async fn queue_info(&self, queue: &str) -> Value {
+        let path = format!("queues/tether-t-{}/{queue}", self.id);
+        let response =
+            management(reqwest::Method::GET, &path, None).await.expect("the management API answers");
+        assert!(response.status().is_success(), "GET /api/{path}: {}", response.status());
+        response.json().await.expect("queue info as JSON")
+    }
+
+    /// How many deliveries of `queue` were redeliveries, as the broker's
+    /// statistics (refreshed every few seconds) say.
+    pub async fn redeliveries(&self, queue: &str) -> u64 {
+        self.queue_info(queue).await["message_stats"]["redeliver"].as_u64().unwrap_or(0)
+    }
+
+    /// Waits (up to 30 s) until `queue` holds no ready message (unacknowledged
+    /// ones are with consumers); asked of the broker itself, not of its
+    /// statistics, which lag.
+    pub async fn wait_no_ready(&self, queue: &str) {
+        let channel = self.amqp.create_channel().await.expect("channel");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let declared = channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions { passive: true, ..Default::default() },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("the queue exists");
+            if declared.message_count() == 0 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{queue} still holds messages");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = channel.close(200, "done".into()).await;
+    }
+
+    /// Deletes every ready message of `queue`.
+    pub async fn purge(&self, queue: &str) {
+        let path = format!("queues/tether-t-{}/{queue}/contents", self.id);
+        let response = management(reqwest::Method::DELETE, &path, None).await.expect("purge");
+        assert!(response.status().is_success(), "DELETE /api/{path}: {}", response.status());
+    }
+
+    /// Publishes `body` straight to `queue` (the default exchange), as the
+    /// workers publish task messages.
+    pub async fn publish_to_queue(&self, queue: &str, body: &[u8]) {
+        let channel = self.amqp.create_channel().await.expect("channel");
+        channel.confirm_select(Default::default()).await.expect("confirms");
+        let properties =
+            BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
+        channel
+            .basic_publish("".into(), queue.into(), Default::default(), body, properties)
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        let _ = channel.close(200, "done".into()).await;
+    }
+
+    /// Every row of a query rendered as text, one line per row: to compare
+    /// what the database holds before and after.
+    pub async fn snapshot(&self, sql: &str) -> Vec<String> {
+        self.dump_text(&format!("SELECT t::text FROM ({sql}) t")).await.lines().map(str::to_owned).collect()
+    }
 }
 
-/// Deletes the test's virtual host and database, even when the test failed:
-/// RabbitMQ slows down under hundreds of idle quorum queues.
+/// Deletes what the test made, even when it failed: its virtual host and
+/// user (RabbitMQ slows down under hundreds of idle quorum queues), its
+/// database and role, its S3 buckets and its copy directory.
 impl Drop for TestEnv {
     fn drop(&mut self) {
         let id = self.id.clone();
+        let buckets = [self.bucket.clone(), format!("tether-d-{id}")];
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("tether-copies-{id}")));
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
             if let Ok(runtime) = runtime {
                 runtime.block_on(async {
-                    let _ = vhost_request(reqwest::Method::DELETE, &id).await;
+                    let name = format!("tether-t-{id}");
+                    let _ = management(reqwest::Method::DELETE, &format!("vhosts/{name}"), None).await;
+                    let _ = management(reqwest::Method::DELETE, &format!("users/{name}"), None).await;
                     if let Ok((client, connection)) = tokio_postgres::connect(
                         &service_var("TETHER_TEST_DATABASE_URL"),
                         tokio_postgres::NoTls,
@@ -568,9 +667,19 @@ impl Drop for TestEnv {
                     .await
                     {
                         tokio::spawn(connection);
-                        let _ = client
-                            .batch_execute(&format!("DROP DATABASE IF EXISTS tether_t_{id} WITH (FORCE)"))
-                            .await;
+                        for statement in [
+                            format!("DROP DATABASE IF EXISTS tether_t_{id} WITH (FORCE)"),
+                            format!("DROP ROLE IF EXISTS tether_t_{id}"),
+                        ] {
+                            let _ = client.batch_execute(&statement).await;
+                        }
+                    }
+                    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+                    let s3 = aws_sdk_s3::Client::from_conf(
+                        aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build(),
+                    );
+                    for bucket in buckets {
+                        stores::delete_s3_bucket(&s3, &bucket).await;
                     }
                 });
             }
@@ -619,18 +728,29 @@ fn with_path(base: &str, path: &str) -> String {
     format!("{root}/{path}")
 }
 
-async fn create_database(id: &str) -> String {
+/// Makes the role `tether_t_{id}` with `password` and its database of the
+/// same name; returns the database's URL as that role.
+async fn create_database(id: &str, password: &str) -> String {
     let admin_url = service_var("TETHER_TEST_DATABASE_URL");
     let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL is not reachable with TETHER_TEST_DATABASE_URL: {e}"));
     tokio::spawn(connection);
     let name = format!("tether_t_{id}");
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap_or_else(|e| panic!("cannot create the test database {name}: {e}"));
-    with_path(&admin_url, &name)
+    // One statement each: CREATE DATABASE may not run in a transaction.
+    for statement in [
+        format!("CREATE ROLE {name} LOGIN PASSWORD '{password}'"),
+        format!("GRANT {name} TO CURRENT_USER"),
+        format!("CREATE DATABASE {name} OWNER {name}"),
+    ] {
+        client.batch_execute(&statement).await.unwrap_or_else(|e| {
+            panic!("cannot create the test role and database {name} (the role of TETHER_TEST_DATABASE_URL needs CREATEDB and CREATEROLE; scripts/services.sh start grants them): {e:?}")
+        });
+    }
+    let mut url = reqwest::Url::parse(&with_path(&admin_url, &name)).expect("the database URL parses");
+    url.set_username(&name).expect("a user");
+    url.set_password(Some(password)).expect("a password");
+    url.to_string()
 }
 
 /// The management API's base URL and credentials.
@@ -646,31 +766,44 @@ fn rabbitmq_api() -> (String, String, String) {
     (base, api.username().to_owned(), api.password().unwrap_or_default().to_owned())
 }
 
-async fn vhost_request(method: reqwest::Method, id: &str) -> Result<reqwest::Response, reqwest::Error> {
+/// A request to the management API at `path` (under `/api/`).
+async fn management(
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<reqwest::Response, reqwest::Error> {
     let (base, user, password) = rabbitmq_api();
-    reqwest::Client::new()
-        .request(method, format!("{base}/api/vhosts/tether-t-{id}"))
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{base}/api/{path}"))
         .basic_auth(user, Some(password))
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
+        .timeout(Duration::from_secs(60));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await
 }
 
-async fn create_vhost(id: &str) -> String {
-    let (base, user, password) = rabbitmq_api();
+/// Makes the virtual host `tether-t-{id}` and the user of the same name with
+/// `password`, allowed everything there (and the management user too, for
+/// the tests' own inspection); returns the vhost's URL as that user.
+async fn create_vhost(id: &str, password: &str) -> String {
+    let (_, admin, _) = rabbitmq_api();
     let vhost = format!("tether-t-{id}");
-    let response = vhost_request(reqwest::Method::PUT, id).await.unwrap_or_else(|e| {
-        panic!("the RabbitMQ management API is not reachable (is rabbitmq_management enabled?): {e}")
-    });
-    assert!(response.status().is_success(), "RabbitMQ refused to create {vhost}: {}", response.status());
-    let url = format!("{base}/api/permissions/{vhost}/{user}");
-    let response = reqwest::Client::new()
-        .put(&url)
-        .basic_auth(&user, Some(&password))
-        .json(&json!({"configure": ".*", "write": ".*", "read": ".*"}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("the RabbitMQ management API is not reachable: {e}"));
-    assert!(response.status().is_success(), "RabbitMQ refused {url}: {}", response.status());
-    with_path(&service_var("TETHER_TEST_AMQP_URL"), &vhost)
+    let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    for (path, body) in [
+        (format!("vhosts/{vhost}"), None),
+        (format!("users/{vhost}"), Some(json!({"password": password, "tags": ""}))),
+        (format!("permissions/{vhost}/{vhost}"), Some(all.clone())),
+        (format!("permissions/{vhost}/{admin}"), Some(all)),
+    ] {
+        let response = management(reqwest::Method::PUT, &path, body).await.unwrap_or_else(|e| {
+            panic!("the RabbitMQ management API is not reachable (is rabbitmq_management enabled?): {e}")
+        });
+        assert!(response.status().is_success(), "RabbitMQ refused PUT /api/{path}: {}", response.status());
+    }
+    let mut url = reqwest::Url::parse(&with_path(&service_var("TETHER_TEST_AMQP_URL"), &vhost))
+        .expect("the AMQP URL parses");
+    url.set_username(&vhost).expect("a user");
+    url.set_password(Some(password)).expect("a password");
+    url.to_string()
 }

@@ -1,15 +1,22 @@
 //! A fault-injecting HTTP proxy of the project's own, put between the
 //! workers and the storage emulator: a share of requests is answered
 //! `503 SlowDown`, another share has its connection dropped, the rest is
-//! forwarded untouched. It can also play S3's region rule, which moto does
-//! not enforce: a request signed for another region than the bucket's is
-//! refused the way S3 refuses it. It notes when each request arrived, so a
-//! test can read the rate the store saw.
+//! forwarded untouched; the shares are drawn from a seeded generator (the
+//! seed is printed, and `TETHER_TEST_SEED` replays it). Deterministic faults
+//! too: the first N attempts at each listing page and object read refused,
+//! or an object's bytes corrupted on the way. It can also play S3's region
+//! rule, which moto does not enforce: a request signed for another region
+//! than the bucket's is refused the way S3 refuses it. It notes when each
+//! request arrived, so a test can read the rate the store saw.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -33,6 +40,17 @@ pub struct Faults {
     /// The region of every bucket behind the proxy: a request signed for
     /// another is refused (see [`misdirected`]).
     pub bucket_region: Option<&'static str>,
+    /// Keep every answer's body (see [`Counts::recorded`]): the secrets a
+    /// store handed out, STS sessions say, for a test to look for.
+    pub record: bool,
+    /// Each listing page and object read (the same request: method, path
+    /// and query) is answered `503 SlowDown` this many times before it is
+    /// forwarded: more than the SDK's own attempts, so only Tether's
+    /// retries get through.
+    pub fail_first: u32,
+    /// Object reads whose key contains this come back with their bytes
+    /// changed (same length): a body that is not what was listed.
+    pub corrupt: Option<&'static str>,
 }
 
 /// What the proxy did so far.
@@ -46,16 +64,37 @@ pub struct Counts {
     pub misdirected: AtomicU64,
     /// Forwarded requests that asked for a byte range.
     pub ranged: AtomicU64,
-    /// When each request arrived, and whether it was a listing (whatever
-    /// the answer): the rate a store sees.
-    pub arrivals: std::sync::Mutex<Vec<(std::time::Instant, bool)>>,
+    pub corrupted: AtomicU64,
+    /// The bodies of the answers forwarded, when [`Faults::record`] is set.
+    pub recorded: Mutex<Vec<String>>,
+    /// When each request arrived, and what it was (`METHOD path?query`).
+    pub requests: Mutex<Vec<(Instant, String)>>,
+    /// How often each request was seen ([`Faults::fail_first`]).
+    seen: Mutex<HashMap<String, u32>>,
 }
 
 impl Counts {
     /// The arrival times of listings (`lists`) or of other requests.
-    pub fn arrivals(&self, lists: bool) -> Vec<std::time::Instant> {
-        let arrivals = self.arrivals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        arrivals.iter().filter(|(_, list)| *list == lists).map(|(t, _)| *t).collect()
+    pub fn arrivals(&self, lists: bool) -> Vec<Instant> {
+        self.times_of(|request| request.contains("list-type=") == lists)
+    }
+
+    /// The arrival times of the requests that `matches` picks out.
+    pub fn times_of(&self, matches: impl Fn(&str) -> bool) -> Vec<Instant> {
+        let requests = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
+        requests.iter().filter(|(_, r)| matches(r)).map(|(t, _)| *t).collect()
+    }
+
+    /// Every value of the XML element `tag` in the recorded answers
+    /// (`SecretAccessKey`, `SessionToken`, ...).
+    pub fn recorded_values(&self, tag: &str) -> Vec<String> {
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        let bodies = self.recorded.lock().unwrap_or_else(PoisonError::into_inner);
+        bodies
+            .iter()
+            .flat_map(|body| body.split(open.as_str()).skip(1))
+            .filter_map(|rest| rest.split_once(close.as_str()).map(|(value, _)| value.to_owned()))
+            .collect()
     }
 }
 
@@ -96,6 +135,10 @@ impl FaultProxy {
         let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build_http();
         let counts = Arc::new(Counts::default());
         let stop = CancellationToken::new();
+        let seed =
+            std::env::var("TETHER_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+        eprintln!("fault proxy in front of {upstream}: seed {seed} (TETHER_TEST_SEED={seed} replays it)");
+        let rng = Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)));
         let (task_counts, task_stop) = (Arc::clone(&counts), stop.clone());
         tokio::spawn(async move {
             loop {
@@ -104,9 +147,11 @@ impl FaultProxy {
                     accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
                 };
                 let (client, upstream, counts) = (client.clone(), upstream.clone(), Arc::clone(&task_counts));
+                let rng = Arc::clone(&rng);
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
-                        handle(request, client.clone(), upstream.clone(), Arc::clone(&counts), faults)
+                        let roll: f64 = rng.lock().unwrap_or_else(PoisonError::into_inner).random();
+                        handle(request, client.clone(), upstream.clone(), Arc::clone(&counts), faults, roll)
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -128,18 +173,25 @@ async fn handle(
     upstream: hyper::Uri,
     counts: Arc<Counts>,
     faults: Faults,
+    roll: f64,
 ) -> Result<Response<ProxyBody>, Dropped> {
-    let list = request.uri().query().is_some_and(|q| q.split('&').any(|p| p.starts_with("list-type=")));
-    counts
-        .arrivals
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .push((std::time::Instant::now(), list));
+    let what = format!("{} {}", request.method(), request.uri().path_and_query().map_or("/", |p| p.as_str()));
+    counts.requests.lock().unwrap_or_else(PoisonError::into_inner).push((Instant::now(), what.clone()));
     if let Some(response) = faults.bucket_region.and_then(|region| misdirected(&request, region)) {
         counts.misdirected.fetch_add(1, Ordering::Relaxed);
         return Ok(response);
     }
-    let roll: f64 = rand::random();
+    let object_read = is_object_read(&request);
+    if faults.fail_first > 0 && (object_read || is_listing(&request)) {
+        let mut seen = counts.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = seen.entry(what).or_insert(0);
+        *n += 1;
+        if *n <= faults.fail_first {
+            counts.slowed_down.fetch_add(1, Ordering::Relaxed);
+            return Ok(slow_down());
+        }
+    }
+    let corrupt = object_read && faults.corrupt.is_some_and(|marker| request.uri().path().contains(marker));
     if roll < faults.reset {
         counts.reset.fetch_add(1, Ordering::Relaxed);
         return Err(Dropped); // hyper closes the connection without an answer
@@ -154,11 +206,7 @@ async fn handle(
     }
     if roll < faults.reset + faults.expired_token + faults.slow_down {
         counts.slowed_down.fetch_add(1, Ordering::Relaxed);
-        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
-                    <Message>Please reduce your request rate.</Message></Error>";
-        let mut response = Response::new(full(body));
-        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        return Ok(response);
+        return Ok(slow_down());
     }
     counts.forwarded.fetch_add(1, Ordering::Relaxed);
     if request.headers().contains_key(hyper::header::RANGE) {
@@ -169,6 +217,29 @@ async fn handle(
     let authority = upstream.authority().map_or("127.0.0.1", |a| a.as_str());
     parts.uri = format!("http://{authority}{path}").parse().map_err(|_| Dropped)?;
     match client.request(Request::from_parts(parts, body)).await {
+        Ok(response) if corrupt && response.status().is_success() => {
+            counts.corrupted.fetch_add(1, Ordering::Relaxed);
+            let (parts, body) = response.into_parts();
+            let bytes = body.collect().await.map_err(|_| Dropped)?.to_bytes();
+            let changed: Vec<u8> = bytes.iter().map(|b| b ^ 0x5a).collect();
+            Ok(Response::from_parts(
+                parts,
+                Full::new(Bytes::from(changed)).map_err(|never: Infallible| match never {}).boxed(),
+            ))
+        }
+        Ok(response) if faults.record => {
+            let (parts, body) = response.into_parts();
+            let bytes = body.collect().await.map_err(|_| Dropped)?.to_bytes();
+            counts
+                .recorded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(String::from_utf8_lossy(&bytes).into_owned());
+            Ok(Response::from_parts(
+                parts,
+                Full::new(bytes).map_err(|never: Infallible| match never {}).boxed(),
+            ))
+        }
         Ok(response) => Ok(response.map(BodyExt::boxed)),
         Err(_) => {
             let mut response = Response::new(full("the emulator did not answer"));
@@ -215,6 +286,29 @@ fn misdirected(request: &Request<Incoming>, region: &'static str) -> Option<Resp
         response.headers_mut().insert("x-amz-bucket-region", hyper::header::HeaderValue::from_static(region));
     }
     Some(response)
+}
+
+/// S3's answer to a request rate it will not take.
+fn slow_down() -> Response<ProxyBody> {
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
+                <Message>Please reduce your request rate.</Message></Error>";
+    let mut response = Response::new(full(body));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response
+}
+
+/// A ListObjectsV2 request (a listing page).
+fn is_listing(request: &Request<Incoming>) -> bool {
+    request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "list-type=2"))
+}
+
+/// A GetObject request: a GET of a key (path-style: `/bucket/key`), not of
+/// the bucket's listing or sub-resources.
+fn is_object_read(request: &Request<Incoming>) -> bool {
+    let path = request.uri().path().trim_start_matches('/');
+    request.method() == hyper::Method::GET
+        && path.split_once('/').is_some_and(|(_, key)| !key.is_empty())
+        && !is_listing(request)
 }
 
 fn full(text: &'static str) -> ProxyBody {

@@ -72,6 +72,30 @@ pub(crate) async fn put_s3(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bod
         .unwrap_or_else(|e| panic!("put s3://{bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
 }
 
+/// Empties and deletes an S3 bucket, if it exists; errors are ignored (it
+/// is clean-up).
+pub(crate) async fn delete_s3_bucket(s3: &aws_sdk_s3::Client, bucket: &str) {
+    loop {
+        let Ok(page) = s3.list_objects_v2().bucket(bucket).send().await else { return };
+        let ids: Vec<_> = page
+            .contents()
+            .iter()
+            .filter_map(|o| aws_sdk_s3::types::ObjectIdentifier::builder().key(o.key()?).build().ok())
+            .collect();
+        if ids.is_empty() {
+            break;
+        }
+        let Ok(delete) = aws_sdk_s3::types::Delete::builder().set_objects(Some(ids)).quiet(true).build()
+        else {
+            return;
+        };
+        if s3.delete_objects().bucket(bucket).delete(delete).send().await.is_err() {
+            return;
+        }
+    }
+    let _ = s3.delete_bucket().bucket(bucket).send().await;
+}
+
 /// Panics with the response's status and body unless it succeeded.
 async fn check(response: reqwest::Result<reqwest::Response>, what: &str) -> reqwest::Response {
     let response = response.unwrap_or_else(|e| panic!("{what}: {e}"));

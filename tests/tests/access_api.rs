@@ -345,7 +345,7 @@ async fn a_short_session_caps_direct_urls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tether_api_refuses_to_start_without_what_it_needs() {
-    let binary = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tether-api");
+    let binary = tether_tests::process::binary("tether-api");
     let good = [
         ("TETHER_API_TOKENS", "aaaaaaaaaaaaaaaaaaaa"),
         ("TETHER_API_PUBLIC_URL", "http://127.0.0.1:1"),

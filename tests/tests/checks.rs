@@ -368,9 +368,9 @@ async fn a_store_that_never_answers_fails_within_15_seconds() {
     held.abort();
 }
 
-/// `target/debug/tetherctl` with `args` and `envs`: exit code, stdout, stderr.
+/// Tether's `tetherctl` with `args` and `envs`: exit code, stdout, stderr.
 fn tetherctl(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
-    let binary = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tetherctl");
+    let binary = tether_tests::process::binary("tetherctl");
     let output = std::process::Command::new(&binary)
         .args(args)
         .envs(envs.iter().copied())

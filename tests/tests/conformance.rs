@@ -24,7 +24,13 @@ macro_rules! conformance {
     )*};
 }
 
-conformance!(listing_and_reimport, copy_byte_for_byte, changed_or_deleted_before_copy, missing_bucket);
+conformance!(
+    listing_and_reimport,
+    copy_byte_for_byte,
+    changed_or_deleted_before_copy,
+    missing_bucket,
+    past_the_task_cap
+);
 
 /// Deterministic but varied bytes.
 fn body(i: usize, len: usize) -> Vec<u8> {
@@ -103,6 +109,49 @@ async fn listing_and_reimport(provider: Provider) {
     let after = env.images("conf").await;
     let url = bucket.url("photos/2024/img_003.jpg");
     assert_ne!(after[&url], images[&url], "the rewritten object's etag was updated");
+    fleet.stop().await;
+}
+
+/// A tree wider than the cap of 3 listing tasks, with objects at every
+/// level: past the cap, the tasks that meet sub-prefixes list them
+/// recursively from where they stand (S3 `StartAfter`, GCS `startOffset`,
+/// Azure pages read and dropped up to there). Every object exactly once.
+async fn past_the_task_cap(provider: Provider) {
+    const CAP: i64 = 3;
+    let env = TestEnv::new().await;
+    let bucket = env.bucket(provider).await;
+    let mut objects: Vec<(String, Vec<u8>)> =
+        (0..4).map(|i| (format!("w/top_{i}.jpg"), body(i, 10))).collect();
+    for p in 0..9 {
+        objects.extend((0..4).map(|i| (format!("w/p{p}/img_{i}.jpg"), body(i, 20))));
+        objects.extend((0..2).map(|i| (format!("w/p{p}/deep/x_{i}.jpg"), body(i, 30))));
+        objects.push((format!("w/p{p}/z_last.jpg"), body(p, 5)));
+    }
+    bucket.put_all(&objects).await;
+    let mut worker = env.worker_config();
+    worker.page_size = 3;
+    worker.max_list_tasks = CAP;
+    let fleet = env.start(vec![env.scheduler_config()], vec![worker.clone(), worker]).await;
+    let id = env.submit(&bucket.request(&env, "capped", &["w/"])).await;
+    let status = env.wait_final(id).await;
+    let n = objects.len() as i64;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(counts(&status), (n, n, 0, 0), "each object listed exactly once: {status}");
+    let images = env.images("capped").await;
+    let expected: BTreeSet<String> = objects.iter().map(|(k, _)| bucket.url(k)).collect();
+    assert_eq!(images.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    let tasks = env
+        .dump_text(&format!(
+            "SELECT count(*)::text FROM tether.tasks WHERE import_id = '{id}' AND kind = 'list'"
+        ))
+        .await;
+    assert_eq!(tasks, CAP.to_string(), "the cap is reached, not passed");
+    let recursive = env
+        .dump_text(&format!(
+            "SELECT count(*)::text FROM tether.tasks WHERE import_id = '{id}' AND NOT delimited AND start_at IS NOT NULL"
+        ))
+        .await;
+    assert_ne!(recursive, "0", "no task met the cap");
     fleet.stop().await;
 }
 

@@ -209,17 +209,29 @@ async fn hostile_keys_cannot_place_bytes_outside_the_destination() {
         "esc/ctrl\u{1}\u{1b}[31m.jpg",
         "esc/spaces and ünïcödé.jpg",
         "esc/../esc/loop.jpg",
+        // Extensions that are no extension: none is kept in the copy's name.
+        "esc/x.jpg/../a.exe",
+        "esc/a.JPG%00.sh",
+        "esc/no-extension",
+        "esc/ctrl.j\u{1}p\u{7f}g",
+        "esc/rtl.\u{202e}gpj.exe",
+        "esc/space.jp g",
+        "esc/trailing-dot.",
     ];
     let long = format!("esc/{}.jpg", "x/".repeat(500));
     let mut objects: BTreeMap<String, Vec<u8>> =
         keys.iter().enumerate().map(|(i, k)| ((*k).to_owned(), body(i, 100 + i))).collect();
     objects.insert(long, body(50, 77));
+    objects.insert(format!("esc/long-extension.{}", "e".repeat(300)), body(51, 78));
     futures_util::future::join_all(objects.iter().map(|(k, v)| env.put(k, v))).await;
     let dir = env.destination_dir().join("root");
     let mut worker = env.worker_config();
     worker.destination = Some(format!("file://{}", dir.display()));
     let fleet = env.start(vec![env.scheduler_config()], vec![worker]).await;
-    let status = env.wait_final(env.submit(&copy_request(&env, "hostile", &["esc/"])).await).await;
+    // Every key is copied, whatever its extension.
+    let mut request = copy_request(&env, "hostile", &["esc/"]);
+    request["filter"] = serde_json::json!({ "extensions": ["*"] });
+    let status = env.wait_final_within(env.submit(&request).await, std::time::Duration::from_secs(120)).await;
     assert_eq!(status["state"], "succeeded", "{status}");
     assert_eq!(status["objects_imported"], objects.len() as i64);
     assert_copied(&env, "hostile", &objects, &format!("file://{}/", dir.display())).await;
@@ -230,7 +242,25 @@ async fn hostile_keys_cannot_place_bytes_outside_the_destination() {
     for file in files {
         let canonical = file.canonicalize().expect("canonical");
         assert!(canonical.starts_with(dir.canonicalize().expect("root")), "{} escaped", canonical.display());
+        // sha256 hex, then at most a short plain lower-case extension.
+        let name = file.file_name().and_then(|n| n.to_str()).expect("a UTF-8 file name");
+        let (digest, extension) = name.split_once('.').unwrap_or((name, "jpg"));
+        assert!(digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit()), "{name:?}");
+        assert!(
+            (1..=10).contains(&extension.len())
+                && extension.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+            "{name:?}: the copy's extension is not a plain one"
+        );
     }
+    let names: Vec<String> = {
+        let mut files = Vec::new();
+        collect_files(&dir, &mut files);
+        files.iter().filter_map(|f| f.file_name().and_then(|n| n.to_str()).map(str::to_owned)).collect()
+    };
+    for (suffix, count) in [(".exe", 2), (".sh", 1), (".jpg", 8)] {
+        assert_eq!(names.iter().filter(|n| n.ends_with(suffix)).count(), count, "{suffix} in {names:?}");
+    }
+    assert_eq!(names.iter().filter(|n| !n.contains('.')).count(), 5, "no extension: {names:?}");
     fleet.stop().await;
 }
 

@@ -3,6 +3,7 @@
 use tether_shared::contract::{parse_request, ValidationOptions};
 use tether_shared::db::dispatch::FairShare;
 use tether_shared::db::imports::Recorded;
+use tether_shared::task::{TaskKind, TaskMessage};
 use tether_tests::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -83,4 +84,68 @@ async fn lost_connections_are_re_established_and_nothing_is_lost_or_doubled() {
     }
     fleet.assert_running();
     fleet.stop().await;
+}
+
+/// A step that was committed, delivered again (a redelivery after a lost
+/// ack, or a duplicate publish): nothing changes, not a row, not a count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_committed_step_delivered_again_changes_nothing() {
+    let env = TestEnv::new().await;
+    env.put_many((0..40).map(|i| format!("re/{i:02}.jpg"))).await;
+    let scheduler = env.start(vec![env.scheduler_config()], vec![]).await;
+    let mut worker = env.worker_config();
+    worker.page_size = 2;
+    worker.concurrency = 1;
+    let id = env.submit(&env.request("redelivered", &["re/"])).await;
+    let workers = env.start(vec![], vec![worker.clone()]).await;
+    env.wait_imported(id, 10).await;
+    // The worker stops (finishing its step); the next step's message is
+    // removed: the task waits, pending, at its current seq.
+    workers.stop().await;
+    let queue = TaskKind::List.queue();
+    env.purge(queue).await;
+    let tasks = "SELECT * FROM tether.tasks ORDER BY task_id";
+    let images = "SELECT * FROM tether.images ORDER BY image_id";
+    let status =
+        "SELECT state, objects_listed, objects_imported, objects_skipped, objects_failed, bytes_copied
+                  FROM tether.import_status";
+    let before = (env.snapshot(tasks).await, env.snapshot(images).await, env.snapshot(status).await);
+    let pending =
+        env.dump_text("SELECT task_id::text || ' ' || seq FROM tether.tasks WHERE state = 'pending'").await;
+    let pending: Vec<(uuid::Uuid, i32)> = pending
+        .lines()
+        .map(|l| {
+            let (task, seq) = l.split_once(' ').expect("id and seq");
+            (task.parse().expect("uuid"), seq.parse().expect("seq"))
+        })
+        .collect();
+    assert_eq!(pending.len(), 1, "one listing chain, mid-way: {pending:?}");
+    let (task, seq) = pending[0];
+    assert!(seq >= 5, "steps were committed before: seq {seq}");
+    // Every committed step of the task, delivered again.
+    for step in 0..seq {
+        let body = serde_json::to_vec(&TaskMessage { task_id: task, seq: step }).expect("json");
+        env.publish_to_queue(queue, &body).await;
+    }
+    let workers = env.start(vec![], vec![worker.clone()]).await;
+    env.wait_no_ready(queue).await;
+    workers.stop().await; // finishes what it holds
+    let after = (env.snapshot(tasks).await, env.snapshot(images).await, env.snapshot(status).await);
+    assert_eq!(before, after, "a committed step delivered again changed the database");
+
+    // The current step's message: the import goes on and ends exact.
+    let body = serde_json::to_vec(&TaskMessage { task_id: task, seq }).expect("json");
+    env.publish_to_queue(queue, &body).await;
+    let workers = env.start(vec![], vec![worker]).await;
+    let status = env.wait_final(id).await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(
+        (status["objects_listed"].as_i64(), status["objects_imported"].as_i64()),
+        (Some(40), Some(40)),
+        "{status}"
+    );
+    assert_eq!(env.images("redelivered").await.len(), 40);
+    assert_eq!(env.finished_events(1).await.len(), 1);
+    workers.stop().await;
+    scheduler.stop().await;
 }

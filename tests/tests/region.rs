@@ -2,7 +2,9 @@
 //! that refuses requests signed for another region as S3 does (moto does not
 //! check). An import that names no region finds the bucket's own; one that
 //! names a wrong region is corrected, not failed, for listing and copying.
-//! Its own binary: it points the workers' S3 endpoint at the proxy.
+//! The workers are processes of their own whose S3 endpoint is the proxy
+//! (nothing is set in this process's environment); each phase starts a new
+//! one, which has learnt no region yet.
 
 use std::sync::atomic::Ordering;
 
@@ -37,8 +39,6 @@ async fn imports_use_the_buckets_own_region_and_correct_a_wrong_one() {
         Faults { bucket_region: Some(REGION), ..Faults::default() },
     )
     .await;
-    // Edition 2021: set_var is safe; the workers read it when they start.
-    std::env::set_var("AWS_ENDPOINT_URL_S3", proxy.url());
     let request = |dataset: &str, region: Option<&str>, mode: &str| -> Value {
         let mut request = env.request(dataset, &["eu/"]);
         request["source"]["bucket"] = json!(bucket);
@@ -49,11 +49,14 @@ async fn imports_use_the_buckets_own_region_and_correct_a_wrong_one() {
         request
     };
     let misdirected = || proxy.counts.misdirected.load(Ordering::Relaxed);
-    let mut worker = env.worker_config();
-    worker.destination = Some(format!("file://{}", env.destination_dir().display()));
+    let settings = [
+        ("AWS_ENDPOINT_URL_S3", proxy.url()),
+        ("TETHER_DESTINATION", format!("file://{}", env.destination_dir().display())),
+    ];
+    let fleet = env.start(vec![env.scheduler_config()], vec![]).await;
 
     // No region: GetBucketLocation says eu-central-1 before anything is listed.
-    let fleet = env.start(vec![env.scheduler_config()], vec![worker.clone()]).await;
+    let mut worker = env.spawn_worker_process(&settings);
     let status = env.wait_final(env.submit(&request("no-region", None, "link")).await).await;
     assert_eq!(
         (status["state"].as_str(), status["objects_imported"].as_i64()),
@@ -61,11 +64,11 @@ async fn imports_use_the_buckets_own_region_and_correct_a_wrong_one() {
         "{status}"
     );
     assert_eq!(misdirected(), 0, "a request went to the wrong region");
-    fleet.stop().await;
+    worker.kill().await;
 
     // A wrong region: S3 names the right one in an AuthorizationHeaderMalformed
     // body; the listing and every copy go there.
-    let fleet = env.start(vec![env.scheduler_config()], vec![worker.clone()]).await;
+    let mut worker = env.spawn_worker_process(&settings);
     let status = env.wait_final(env.submit(&request("wrong-region", Some("ap-south-1"), "copy")).await).await;
     assert_eq!(
         (status["state"].as_str(), status["objects_imported"].as_i64()),
@@ -75,10 +78,10 @@ async fn imports_use_the_buckets_own_region_and_correct_a_wrong_one() {
     assert_eq!(env.stored("wrong-region").await.values().filter(|(storage, _)| storage == "copy").count(), 5);
     let corrected = misdirected();
     assert!(corrected >= 1, "the wrong region was never tried: the test proves nothing");
-    fleet.stop().await;
+    worker.kill().await;
 
     // us-east-1 named: a 301 with x-amz-bucket-region, corrected the same way.
-    let fleet = env.start(vec![env.scheduler_config()], vec![worker]).await;
+    let mut worker = env.spawn_worker_process(&settings);
     let status = env.wait_final(env.submit(&request("us-east", Some("us-east-1"), "link")).await).await;
     assert_eq!(
         (status["state"].as_str(), status["objects_imported"].as_i64()),
@@ -86,5 +89,6 @@ async fn imports_use_the_buckets_own_region_and_correct_a_wrong_one() {
         "{status}"
     );
     assert!(misdirected() > corrected, "the 301 was never answered: the test proves nothing");
+    worker.kill().await;
     fleet.stop().await;
 }

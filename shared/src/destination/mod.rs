@@ -235,4 +235,35 @@ mod tests {
         assert_ne!(object_key("ws", "ds", "s3://b/a.jpg"), object_key("ws", "ds2", "s3://b/a.jpg"));
         assert!(object_key("ws", "ds", "s3://b/a.JPG").ends_with(".jpg"));
     }
+
+    /// Only a short, plain extension of the key's last segment survives
+    /// (lower-cased): not control characters, spaces, non-ASCII, a
+    /// 300-character extension, or anything past a slash.
+    #[test]
+    fn only_plain_short_extensions_survive() {
+        let cases = [
+            ("s3://b/x.jpg/../a.exe", Some("exe")),
+            ("s3://b/a.JPG%00.sh", Some("sh")),
+            ("s3://b/a.tar.GZ", Some("gz")),
+            ("s3://b/photo", None),
+            ("s3://b/dir.d/photo", None),
+            ("s3://b/trailing.", None),
+            ("s3://b/a.j\u{1}pg", None),
+            ("s3://b/a.jp\ng", None),
+            ("s3://b/a.jp g", None),
+            ("s3://b/a.j\u{202e}gp", None),
+            ("s3://b/a.jpé", None),
+            ("s3://b/a.jpg%2F..", None),
+            ("s3://b/a.abcdefghijk", None),
+        ];
+        let long = format!("s3://b/a.{}", "e".repeat(300));
+        for (url, expected) in cases.iter().copied().chain([(long.as_str(), None)]) {
+            let key = object_key("ws", "ds", url);
+            let name = key.rsplit('/').next().unwrap_or_default();
+            let extension = name.split_once('.').map(|(_, e)| e);
+            assert_eq!(extension, expected, "{url:?} gave {key:?}");
+            let (digest, _) = name.split_once('.').unwrap_or((name, ""));
+            assert!(digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit()), "{key:?}");
+        }
+    }
 }

@@ -86,3 +86,48 @@ impl Stream for Verified {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use md5::{Digest, Md5};
+
+    use super::verified;
+    use crate::storage::{ObjectBody, StorageError};
+
+    /// A body of `chunks` that claims `size` bytes and, if given, an MD5.
+    fn body(chunks: &[&'static [u8]], size: u64, md5: Option<[u8; 16]>) -> ObjectBody {
+        let items: Vec<Result<Bytes, StorageError>> =
+            chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        ObjectBody { size, total: size, md5, chunks: Box::pin(futures_util::stream::iter(items)) }
+    }
+
+    /// The bytes that came through, or the code of the error that ended them.
+    async fn read(body: ObjectBody, listed: u64) -> Result<Vec<u8>, &'static str> {
+        let mut stream = verified(body, listed, "s3://b/k.jpg".into());
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.map_err(|e| e.code())?);
+        }
+        Ok(out)
+    }
+
+    fn md5(bytes: &[u8]) -> [u8; 16] {
+        Md5::digest(bytes).into()
+    }
+
+    #[tokio::test]
+    async fn the_listed_bytes_pass_and_anything_else_fails() {
+        let good = md5(b"hello world");
+        assert_eq!(read(body(&[b"hello ", b"world"], 11, Some(good)), 11).await, Ok(b"hello world".to_vec()));
+        assert_eq!(read(body(&[b"hello ", b"world"], 11, None), 11).await, Ok(b"hello world".to_vec()));
+        // Same length, other bytes: the MD5 tells.
+        assert_eq!(read(body(&[b"hello ", b"WORLD"], 11, Some(good)), 11).await, Err("checksum_mismatch"));
+        // Fewer or more bytes than announced: the count tells, MD5 or not.
+        assert_eq!(read(body(&[b"hello "], 11, None), 11).await, Err("checksum_mismatch"));
+        assert_eq!(read(body(&[b"hello ", b"world!"], 11, None), 11).await, Err("checksum_mismatch"));
+        // Another size than listed: the object changed since.
+        assert_eq!(read(body(&[b"hello"], 5, None), 11).await, Err("changed_during_copy"));
+    }
+}
