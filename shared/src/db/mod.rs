@@ -27,6 +27,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0005_list_fan_out", include_str!("../../../migrations/0005_list_fan_out.sql")),
     ("0006_task_ended_notify", include_str!("../../../migrations/0006_task_ended_notify.sql")),
     ("0010_access_credentials", include_str!("../../../migrations/0010_access_credentials.sql")),
+    ("0020_list_ranges", include_str!("../../../migrations/0020_list_ranges.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises schedulers
