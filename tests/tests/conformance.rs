@@ -29,7 +29,8 @@ conformance!(
     copy_byte_for_byte,
     changed_or_deleted_before_copy,
     missing_bucket,
-    past_the_task_cap
+    past_the_task_cap,
+    flat_prefix_in_parallel_ranges
 );
 
 /// Deterministic but varied bytes.
@@ -284,6 +285,72 @@ async fn copies_into_a_gcs_destination() {
             &TestBucket::gcs_get(&destination.name, object).await,
             bytes,
             "{key} differs from its copy"
+        );
+    }
+    fleet.stop().await;
+}
+
+/// One flat folder: numbered names, hex names, capitals, punctuation and
+/// non-ASCII, with every message delivered many times. On S3 and GCS the
+/// chain is split into key ranges listed at once (and split again); on
+/// Azure, which cannot start a listing at a key, it is one chain. Either
+/// way each object is listed exactly once.
+async fn flat_prefix_in_parallel_ranges(provider: Provider) {
+    let env = TestEnv::new().await;
+    let bucket = env.bucket(provider).await;
+    let mut keys: Vec<String> = (0..600).map(|i| format!("flat/{i:06}.jpg")).collect();
+    keys.extend((0..40_u32).map(|i| format!("flat/{:08x}.jpg", i.wrapping_mul(0x0743_9e1b))));
+    for odd in [
+        "flat/Zebra.jpg",
+        "flat/_under.jpg",
+        "flat/-dash.jpg",
+        "flat/a b.jpg",
+        "flat/ünïcode.jpg",
+        "flat/~t.jpg",
+    ] {
+        keys.push(odd.to_owned());
+    }
+    keys.push("outside/000001.jpg".to_owned());
+    bucket.put_all(&keys.iter().map(|k| (k.clone(), k.as_bytes().to_vec())).collect::<Vec<_>>()).await;
+    let expected: BTreeSet<String> =
+        keys.iter().filter(|k| k.starts_with("flat/")).map(|k| bucket.url(k)).collect();
+    let mut scheduler = env.scheduler_config();
+    scheduler.republish_after_secs = 0.0;
+    let mut worker = env.worker_config();
+    worker.page_size = 20;
+    let fleet = env.start(vec![scheduler], vec![worker.clone(), worker]).await;
+    let id = env.submit(&bucket.request(&env, "flat", &["flat/"])).await;
+    let status = env.wait_final(id).await;
+    let n = expected.len() as i64;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(counts(&status), (n, n, 0, 0), "{status}");
+    let images: BTreeSet<String> = env.images("flat").await.into_keys().collect();
+    assert_eq!(images, expected);
+
+    let (client, connection) =
+        tokio_postgres::connect(&env.database_url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT state, start_at, end_before FROM tether.tasks WHERE import_id = $1 AND kind = 'list'",
+            &[&id],
+        )
+        .await
+        .expect("query tasks");
+    assert!(rows.iter().all(|r| r.get::<_, String>(0) == "done"));
+    let ranges: Vec<(Option<String>, Option<String>)> = rows.iter().map(|r| (r.get(1), r.get(2))).collect();
+    if provider == Provider::Azure {
+        assert_eq!(ranges, vec![(None, None)], "Azure lists one chain");
+    } else {
+        assert!(ranges.len() > 5, "the flat chain was split into ranges: {ranges:?}");
+        // The ranges tile the key space: each start is another's end.
+        let ends: BTreeSet<&str> = ranges.iter().filter_map(|r| r.1.as_deref()).collect();
+        let starts: BTreeSet<&str> = ranges.iter().filter_map(|r| r.0.as_deref()).collect();
+        assert_eq!(starts, ends, "{ranges:?}");
+        assert_eq!(
+            ranges.iter().filter(|r| r.1.is_none()).count(),
+            1,
+            "one range runs to the end: {ranges:?}"
         );
     }
     fleet.stop().await;

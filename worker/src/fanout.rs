@@ -36,6 +36,7 @@ pub(crate) fn plan(page: &ListPage, budget: &ListBudget, cap: i64) -> FanOut {
             sub_prefixes: new.into_iter().cloned().collect(),
             recursive_from: None,
             cap: Some(cap),
+            split_at: Vec::new(),
         };
     };
     let mut from = before_nul(first_without_room);
@@ -54,12 +55,18 @@ pub(crate) fn plan(page: &ListPage, budget: &ListBudget, cap: i64) -> FanOut {
         // A store that repeats, beyond `from`, prefixes that have their task
         // already: switching would list them twice. Going past the cap is the
         // lesser harm.
-        return FanOut { sub_prefixes: new.into_iter().cloned().collect(), recursive_from: None, cap: None };
+        return FanOut {
+            sub_prefixes: new.into_iter().cloned().collect(),
+            recursive_from: None,
+            cap: None,
+            split_at: Vec::new(),
+        };
     }
     FanOut {
         sub_prefixes: new.into_iter().filter(|p| !relisted(p)).cloned().collect(),
         recursive_from: Some(from),
         cap: Some(cap),
+        split_at: Vec::new(),
     }
 }
 
@@ -94,7 +101,15 @@ mod tests {
     fn within_the_cap_every_new_sub_prefix_becomes_a_task() {
         let p = page(&["t/a.jpg"], &["t/c/", "t/b/", "t/b/"], true);
         let plan = plan(&p, &budget(1, &["t/b/"]), 10);
-        assert_eq!(plan, FanOut { sub_prefixes: vec!["t/c/".into()], recursive_from: None, cap: Some(10) });
+        assert_eq!(
+            plan,
+            FanOut {
+                sub_prefixes: vec!["t/c/".into()],
+                recursive_from: None,
+                cap: Some(10),
+                split_at: Vec::new()
+            }
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod copying;
 mod fanout;
 mod listing;
 mod page;
+mod split;
 
 use std::sync::Arc;
 use std::time::Duration;

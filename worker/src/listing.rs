@@ -2,17 +2,17 @@
 //! fans out into tasks for its sub-prefixes ([`crate::fanout`]).
 
 use backon::Retryable;
-use tether_shared::contract::Mode;
+use tether_shared::contract::{Mode, Source};
 use tether_shared::credentials::CredentialError;
 use tether_shared::db::tasks::{FailureRow, FanOut, ListPosition, PageCommit, TaskContext};
 use tether_shared::db::DbError;
 use tether_shared::model::{retry, FailureCode, Scope};
-use tether_shared::storage::{ListPage, ListQuery, StorageError, DELIMITER};
+use tether_shared::storage::{ListPage, ListQuery, ObjectSource, StorageError, DELIMITER};
 use tether_shared::task::{TaskKind, TaskMessage};
 
 use tether_shared::telemetry::metrics;
 
-use crate::{counter, fanout, page, Outcome, Worker, COPY_NOT_CONFIGURED};
+use crate::{counter, fanout, page, split, Outcome, Worker, COPY_NOT_CONFIGURED};
 
 impl Worker {
     /// Lists and commits one page of a task.
@@ -24,25 +24,34 @@ impl Worker {
             max_keys: self.page_size,
             delimiter: at.delimited.then_some(DELIMITER),
             start_at: at.start_at.as_deref(),
+            end_before: at.end_before.as_deref(),
         };
         if task.request.mode == Mode::Copy && self.copier.is_none() {
             self.store.fail_import(task.import_id, COPY_NOT_CONFIGURED, FailureCode::Unavailable).await?;
             return Ok(Outcome::Done);
         }
-        let listed = match self.open_source(task).await {
-            Ok(source) => source.list_page(query).await,
-            Err(error) => Err(error),
+        let source = match self.open_source(task).await {
+            Ok(source) => source,
+            Err(error) => return self.listing_failed(task, prefix, error).await,
         };
-        let page = match listed {
+        let page = match source.list_page(query).await {
             Ok(page) => page,
             Err(error) => return self.listing_failed(task, prefix, error).await,
         };
+        let mut split_at = self.split(task, at, source.as_ref(), query, &page).await;
         let (result, fan_out, commit) = loop {
-            let fan_out = self.plan_fan_out(task, &page).await?;
+            let mut fan_out = self.plan_fan_out(task, &page).await?;
+            if !split_at.is_empty() {
+                fan_out.split_at.clone_from(&split_at);
+                fan_out.cap = Some(self.max_list_tasks);
+            }
             let result = page::build(&task.request, &page, fan_out.recursive_from.as_deref());
             match self.store.commit_page(task, &result, &fan_out, self.batching).await? {
                 // Other tasks of the import took the room meanwhile.
-                PageCommit::OverCap => continue,
+                PageCommit::OverCap => {
+                    split_at.clear();
+                    continue;
+                }
                 commit => break (result, fan_out, commit),
             }
         };
@@ -88,6 +97,37 @@ impl Worker {
             }
         }
         Ok(Outcome::Done)
+    }
+
+    /// Where the rest of a long flat chain is split ([`split`]): only from a
+    /// task's full first page without sub-prefixes, and not on Azure, whose
+    /// listings cannot start at a key. A probe that fails splits nothing.
+    async fn split(
+        &self,
+        task: &TaskContext,
+        at: &ListPosition,
+        source: &dyn ObjectSource,
+        query: ListQuery<'_>,
+        page: &ListPage,
+    ) -> Vec<String> {
+        let flat = at.continuation.is_none() && page.next.is_some() && page.prefixes.is_empty();
+        // Where the page's second half varies: an odd first key (`-x.jpg`
+        // before `000001.jpg`) says nothing about the names to come.
+        let (Some(middle), Some(last)) = (page.objects.get(page.objects.len() / 2), page.objects.last())
+        else {
+            return Vec::new();
+        };
+        if !flat || matches!(task.request.source, Source::Azure(_)) {
+            return Vec::new();
+        }
+        let candidates = split::candidates(&at.prefix, &middle.key, &last.key, at.end_before.as_deref());
+        match split::split_keys(source, query, candidates).await {
+            Ok(keys) => keys,
+            Err(error) => {
+                tracing::debug!(%error, "A probe listing failed; the chain is not split.");
+                Vec::new()
+            }
+        }
     }
 
     /// The sub-prefix tasks a delimited page adds (none without prefixes).

@@ -447,6 +447,7 @@ async fn first_object(probe: &dyn Probe, prefix: &str) -> Result<Option<String>,
             max_keys: PAGE_KEYS,
             delimiter: None,
             start_at: None,
+            end_before: None,
         };
         let page = probe.list_page(query).await?;
         if let Some(object) = page.objects.into_iter().find(|o| !o.key.ends_with('/')) {

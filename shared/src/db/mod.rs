@@ -42,6 +42,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0016_request_budgets", include_str!("../../../migrations/0016_request_budgets.sql")),
     ("0017_local_inserts", include_str!("../../../migrations/0017_local_inserts.sql")),
     ("0018_import_counts", include_str!("../../../migrations/0018_import_counts.sql")),
+    ("0020_list_ranges", include_str!("../../../migrations/0020_list_ranges.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises schedulers

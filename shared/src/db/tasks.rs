@@ -75,13 +75,15 @@ pub struct TaskContext {
 }
 
 /// Where a listing task is: the next page of `prefix`, from `continuation`,
-/// with the delimiter if `delimited`, and only keys from `start_at` on.
+/// with the delimiter if `delimited`, and only keys from `start_at` on and
+/// before `end_before`.
 #[derive(Debug, Clone)]
 pub struct ListPosition {
     pub prefix: String,
     pub continuation: Option<String>,
     pub delimited: bool,
     pub start_at: Option<String>,
+    pub end_before: Option<String>,
 }
 
 /// What a task does.
@@ -164,6 +166,10 @@ pub struct FanOut {
     /// The import's cap on listing tasks, if the new tasks must stay within
     /// it; `None` to add them regardless (see the worker's fan-out plan).
     pub cap: Option<i64>,
+    /// Keys, in order, at which the rest of the task's key range is split:
+    /// the task ends before the first, and each starts a task of its own
+    /// that ends before the next (the last where the task ended).
+    pub split_at: Vec<String>,
 }
 
 /// How many listing tasks an import has, and which of a page's sub-prefixes
@@ -208,7 +214,7 @@ impl Store {
         // own row is read per message.
         let statement = client
             .prepare_cached(
-                "SELECT t.import_id, t.prefix, t.continuation, t.items, t.delimited, t.start_at
+                "SELECT t.import_id, t.prefix, t.continuation, t.items, t.delimited, t.start_at, t.end_before
                  FROM tether.tasks t JOIN tether.imports i USING (import_id)
                  WHERE t.task_id = $1 AND t.seq = $2 AND t.kind = $3 AND t.state = 'pending'
                    AND i.state IN ('queued', 'running')",
@@ -223,6 +229,7 @@ impl Store {
                 continuation: row.get(2),
                 delimited: row.get(4),
                 start_at: row.get(5),
+                end_before: row.get(6),
             }),
             TaskKind::Copy => {
                 let items: Option<Value> = row.get(3);
@@ -312,10 +319,14 @@ impl Store {
             // Cancelled or failed meanwhile: keep nothing of this page.
             return Ok(PageCommit::Stale);
         }
-        let Some(sub_prefixes) = insert_sub_prefix_tasks(&tx, task.import_id, fan_out).await? else {
+        let Some(mut sub_prefixes) = insert_sub_prefix_tasks(&tx, task.import_id, fan_out).await? else {
             // Dropping the transaction rolls the page back.
             return Ok(PageCommit::OverCap);
         };
+        let Some(ranges) = insert_range_tasks(&tx, task, fan_out).await? else {
+            return Ok(PageCommit::OverCap);
+        };
+        sub_prefixes.extend(ranges);
         let next = if fan_out.recursive_from.is_some() || page.next.is_some() {
             // The next page: from the continuation token, or (switching to a
             // recursive listing) from `start_at` without a token.
@@ -324,11 +335,17 @@ impl Store {
                     "UPDATE tether.tasks
                      SET continuation = CASE WHEN $3::text IS NULL THEN $2 END,
                          start_at = coalesce($3, start_at), delimited = delimited AND $3::text IS NULL,
+                         end_before = coalesce($4, end_before),
                          seq = seq + 1, attempts = 0, published_at = now(), updated_at = now()
                      WHERE task_id = $1",
                 )
                 .await?;
-            tx.execute(&statement, &[&task.message.task_id, &page.next, &fan_out.recursive_from]).await?;
+            let end_before = fan_out.split_at.first();
+            tx.execute(
+                &statement,
+                &[&task.message.task_id, &page.next, &fan_out.recursive_from, &end_before],
+            )
+            .await?;
             Some(TaskMessage { task_id: task.message.task_id, seq: task.message.seq + 1 })
         } else {
             finish_task(&tx, task.message).await?;
@@ -591,6 +608,59 @@ async fn insert_sub_prefix_tasks(
         .await?;
     let added = i32::try_from(inserted.len()).unwrap_or(i32::MAX);
     let counted = tx.execute(&statement, &[&import_id, &added, &fan_out.cap]).await?;
+    Ok((counted == 1).then_some(inserted))
+}
+
+/// The listing tasks of the key ranges a page splits off its task's range
+/// (see [`FanOut::split_at`]), recorded held like sub-prefix tasks (the
+/// fair share releases them), within the cap; `None` if over it. Their ids
+/// come from the import, prefix and start key, so a page committed twice
+/// adds them once.
+async fn insert_range_tasks(
+    tx: &Transaction<'_>,
+    task: &TaskContext,
+    fan_out: &FanOut,
+) -> Result<Option<Vec<TaskMessage>>, DbError> {
+    let Work::List(at) = &task.work else { return Ok(Some(Vec::new())) };
+    if fan_out.split_at.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let starts = &fan_out.split_at;
+    let ends: Vec<Option<&str>> =
+        starts.iter().skip(1).map(|s| Some(s.as_str())).chain([at.end_before.as_deref()]).collect();
+    let ids: Vec<Uuid> = starts
+        .iter()
+        .map(|start| {
+            Uuid::new_v5(
+                &ID_NAMESPACE,
+                format!("{}\nrange\n{}\n{start}", task.import_id, at.prefix).as_bytes(),
+            )
+        })
+        .collect();
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO tether.tasks (task_id, import_id, kind, prefix, state, delimited, start_at, end_before, held)
+             SELECT u.id, $1, 'list', $2, 'pending', $3, u.start_at, u.end_before, true
+             FROM unnest($4::uuid[], $5::text[], $6::text[]) AS u(id, start_at, end_before)
+             ON CONFLICT (task_id) DO NOTHING
+             RETURNING task_id",
+        )
+        .await?;
+    let inserted: Vec<TaskMessage> = tx
+        .query(&statement, &[&task.import_id, &at.prefix, &at.delimited, &ids, starts, &ends])
+        .await?
+        .iter()
+        .map(|r| TaskMessage { task_id: r.get(0), seq: 0 })
+        .collect();
+    let statement = tx
+        .prepare_cached(
+            "UPDATE tether.imports SET list_tasks = list_tasks + $2
+             WHERE import_id = $1 AND list_tasks + $2 <= $3::int8",
+        )
+        .await?;
+    let added = i32::try_from(inserted.len()).unwrap_or(i32::MAX);
+    let cap = fan_out.cap.unwrap_or(i64::MAX);
+    let counted = tx.execute(&statement, &[&task.import_id, &added, &cap]).await?;
     Ok((counted == 1).then_some(inserted))
 }
 

@@ -88,7 +88,7 @@ impl ObjectSource for AzureContainer {
         })?;
         // List Blobs cannot start at a key: the pages before it are read and
         // dropped (a listing starts at a key only after the fan-out cap).
-        Ok(page.drop_before(query.start_at))
+        Ok(page.within(&query))
     }
 
     async fn read(

@@ -177,6 +177,7 @@ impl ObjectSource for GcsBucket {
                         ("pageToken", list.token),
                         ("delimiter", list.delimiter),
                         ("startOffset", list.start_at),
+                        ("endOffset", list.end_before),
                     ];
                     query.extend(optional.into_iter().filter_map(|(name, value)| Some((name, value?))));
                     self.api.http().get(&url).query(&query)
@@ -204,11 +205,13 @@ impl ObjectSource for GcsBucket {
                 key: item.name,
             })
             .collect();
+        // The emulator returns every prefix on the first page, whatever the offsets.
         Ok(ListPage {
             objects,
             prefixes: listing.prefixes,
             next: listing.next_page_token.filter(|t| !t.is_empty()),
-        })
+        }
+        .within(&list))
     }
 
     async fn read(

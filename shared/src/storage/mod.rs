@@ -57,6 +57,9 @@ pub struct ListQuery<'a> {
     /// Only keys at or after this one (byte order). The same on every page
     /// of a listing.
     pub start_at: Option<&'a str>,
+    /// Only keys before this one (byte order): the end of a key range that
+    /// another task lists. The same on every page of a listing.
+    pub end_before: Option<&'a str>,
 }
 
 /// One page of a listing and the token of the next one.
@@ -81,6 +84,27 @@ impl ListPage {
             self.prefixes.retain(|p| p.as_str() >= start || start.starts_with(p.as_str()));
         }
         self
+    }
+
+    /// Drops what lies at or after `end_before`, and ends the listing there.
+    /// A range's end holds no delimiter after the task's prefix, so no
+    /// sub-prefix reaches across it.
+    fn cut_at(mut self, end_before: Option<&str>) -> Self {
+        if let Some(end) = end_before {
+            let (objects, prefixes) = (self.objects.len(), self.prefixes.len());
+            self.objects.retain(|o| o.key.as_str() < end);
+            self.prefixes.retain(|p| p.as_str() < end);
+            if self.objects.len() < objects || self.prefixes.len() < prefixes {
+                self.next = None;
+            }
+        }
+        self
+    }
+
+    /// The page within `[start_at, end_before)`, for stores whose own
+    /// bounds are inexact or missing.
+    fn within(self, query: &ListQuery<'_>) -> Self {
+        self.drop_before(query.start_at).cut_at(query.end_before)
     }
 }
 

@@ -162,8 +162,9 @@ pub struct S3Bucket {
 impl ObjectSource for S3Bucket {
     async fn list_page(&self, query: ListQuery<'_>) -> Result<ListPage, StorageError> {
         let page = self.call(|client| self.list_once(client, query)).await?;
-        // StartAfter is exclusive: we asked from just before `start_at`.
-        Ok(page.drop_before(query.start_at))
+        // StartAfter is exclusive: we asked from just before `start_at`; S3
+        // has no end key.
+        Ok(page.within(&query))
     }
 
     async fn read(
@@ -327,13 +328,7 @@ impl S3Bucket {
 
     async fn list_once(&self, client: aws_sdk_s3::Client, query: ListQuery<'_>) -> Result<ListPage, Failure> {
         let prefix = query.prefix;
-        // StartAfter is exclusive: start after `start_at` without its last
-        // character, a proper prefix of it and so before it.
-        let start_after = query.start_at.map(|s| {
-            let mut chars = s.chars();
-            chars.next_back();
-            chars.as_str().to_owned()
-        });
+        let start_after = query.start_at.map(just_before);
         let output = client
             .list_objects_v2()
             .bucket(&self.bucket)
@@ -405,6 +400,25 @@ impl S3Bucket {
             );
         let md5 = output.e_tag().filter(|_| plain).and_then(etag_md5);
         Ok(object_body(output, md5, format!("s3://{}/{key}", self.bucket)))
+    }
+}
+
+/// A StartAfter for a listing from `start_at` on (StartAfter is
+/// exclusive): its last character one less, then U+10FFFF, the largest; no
+/// key lies between that and `start_at` but such as begin with it, which
+/// the caller drops. Where the last character has none below it, the rest
+/// of the key, a proper prefix and so before it.
+fn just_before(start_at: &str) -> String {
+    let mut chars = start_at.chars();
+    let Some(last) = chars.next_back() else { return String::new() };
+    let below = match u32::from(last) {
+        0 => None,
+        0xE000 => Some('\u{D7FF}'),
+        code => char::from_u32(code - 1),
+    };
+    match below {
+        Some(below) => format!("{}{below}\u{10FFFF}", chars.as_str()),
+        None => chars.as_str().to_owned(),
     }
 }
 
@@ -551,7 +565,17 @@ impl S3Bucket {
 
 #[cfg(test)]
 mod tests {
-    use super::etag_md5;
+    use super::{etag_md5, just_before};
+
+    #[test]
+    fn a_listing_starts_just_before_its_first_key() {
+        assert_eq!(just_before("flat/001"), "flat/000\u{10FFFF}");
+        assert!(just_before("flat/001").as_str() > "flat/000999.jpg");
+        assert!(just_before("flat/001").as_str() < "flat/001");
+        assert_eq!(just_before("a\0"), "a");
+        assert_eq!(just_before(""), "");
+        assert_eq!(just_before("x\u{E000}"), "x\u{D7FF}\u{10FFFF}");
+    }
 
     #[test]
     fn etags_lose_their_quotes_and_keys_their_encoding() {
