@@ -24,7 +24,7 @@ use tokio_postgres::NoTls;
 
 use crate::config::DbSession;
 use crate::contract::Secret;
-use crate::model::scope::{sqlstate_is_transient, Scope};
+use crate::model::scope::sqlstate_is_transient;
 
 /// Migrations in the order they apply; each runs once, recorded in
 /// `tether.schema_migrations`.
@@ -62,7 +62,8 @@ pub enum DbError {
 }
 
 impl DbError {
-    /// Whether the error may go away by itself ([`Scope::Transient`]): no
+    /// Whether the error may go away by itself
+    /// ([`Scope::Transient`](crate::model::Scope::Transient)): no
     /// connection, a lost one, a serialization failure. A refused value
     /// (class 22, 23) or a corrupt row is permanent for whatever request,
     /// task or object caused it, and the caller fails that item instead of
@@ -74,15 +75,6 @@ impl DbError {
                 error.as_db_error().is_none_or(|db| sqlstate_is_transient(db.code().code()))
             }
             DbError::BadUrl(_) | DbError::Corrupt(_) => false,
-        }
-    }
-
-    /// The scope of the error for a step whose own item is `item`.
-    pub fn scope(&self, item: Scope) -> Scope {
-        if self.is_transient() {
-            Scope::Transient
-        } else {
-            item
         }
     }
 }

@@ -198,13 +198,11 @@ impl StorageError {
     /// its prefix). The one place a storage error is classified.
     pub fn scope(&self) -> Scope {
         match self {
+            StorageError::Credentials(error) => error.scope(),
             StorageError::Throttled(_)
             | StorageError::Unavailable(_)
-            | StorageError::CredentialsExpired(_)
-            | StorageError::Credentials(CredentialError::Unavailable(_)) => Scope::Transient,
-            StorageError::BucketNotFound(_) | StorageError::Credentials(CredentialError::Refused { .. }) => {
-                Scope::Import
-            }
+            | StorageError::CredentialsExpired(_) => Scope::Transient,
+            StorageError::BucketNotFound(_) => Scope::Import,
             StorageError::AccessDenied(_)
             | StorageError::ObjectNotFound(_)
             | StorageError::Changed(_)
