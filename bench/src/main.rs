@@ -236,7 +236,7 @@ fn report(measurements: &[Measurement], history: Option<&Value>) -> Value {
             target(format!("s3: {run}, Tether/rclone MB/s"), ratio, &format!(">= {goal}"), ratio >= goal);
         }
     }
-    if measurements.iter().any(|m| m.tool == "tether") {
+    if measurements.iter().any(|m| m.tool == "tether" && !m.peak_rss_mib.is_empty()) {
         let worker_peak = measurements
             .iter()
             .filter(|m| m.tool == "tether")
