@@ -7,7 +7,6 @@
 //! never stops intake for every tenant.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use backon::Retryable;
 use lapin::message::Delivery;

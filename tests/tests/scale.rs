@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tether_shared::contract::{parse_request, ValidationOptions};
 use tether_shared::db::imports::Recorded;
-use tether_shared::task::TaskKind;
+use tether_shared::task::{TaskKind, TaskMessage};
 use tether_tests::history::{self, History};
 use tether_tests::TestEnv;
 use uuid::Uuid;
@@ -36,11 +36,17 @@ async fn a_request_is_read_and_validated_once_per_import() {
     let body = env.request("cached", &["a/", "b/", "c/"]).to_string();
     let valid = parse_request(body.as_bytes(), Some("application/json"), ValidationOptions::default())
         .expect("a valid request");
-    let Recorded::Created(messages) =
-        env.store.record_import(&valid.request, &valid.digest, None).await.expect("record")
-    else {
-        panic!("not recorded")
-    };
+    let recorded = env.store.record_import(&valid.request, &valid.digest, None).await.expect("record");
+    assert_eq!(recorded, Recorded::Created);
+    // The listing tasks are recorded held (fair share): read their steps.
+    let client = history::connect(&env.database_url).await;
+    let messages: Vec<TaskMessage> = client
+        .query("SELECT task_id, seq FROM tether.tasks WHERE import_id = $1", &[&valid.request.import_id])
+        .await
+        .expect("the import's tasks")
+        .iter()
+        .map(|row| TaskMessage { task_id: row.get(0), seq: row.get(1) })
+        .collect();
     assert_eq!(messages.len(), 3);
     let mut loaded = Vec::new();
     for message in messages {

@@ -6,9 +6,8 @@ use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::{events, DbError, Store};
-use crate::contract::{ImportRequest, Source};
+use crate::contract::ImportRequest;
 use crate::model::state::{ImportState, Tally};
-use crate::task::TaskMessage;
 
 /// What recording a valid request did.
 #[derive(Debug, PartialEq, Eq)]

@@ -108,7 +108,7 @@ mod tests {
         let mut stream = verified(body, listed, "s3://b/k.jpg".into());
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
-            out.extend_from_slice(&chunk.map_err(|e| e.code())?);
+            out.extend_from_slice(&chunk.map_err(|e| e.code().as_str())?);
         }
         Ok(out)
     }
