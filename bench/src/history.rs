@@ -41,10 +41,17 @@ pub(crate) async fn run(env: &TestEnv) -> (Vec<Measurement>, Value) {
     history.fill(&client).await;
     // What a long-lived installation would have: vacuumed, all-visible, and
     // no checkpoint of the fill itself due in the middle of the runs.
-    client
-        .batch_execute("VACUUM ANALYZE tether.images; VACUUM ANALYZE tether.tasks; CHECKPOINT")
-        .await
-        .expect("vacuum");
+    // One statement each: VACUUM cannot run in the implicit transaction of
+    // a multi-statement string.
+    for sql in ["VACUUM ANALYZE tether.images", "VACUUM ANALYZE tether.tasks"] {
+        client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    // CHECKPOINT needs a superuser or pg_checkpoint (PostgreSQL 15), which
+    // the test role may not have: then the fill's checkpoint may fall in
+    // the runs, and the ratio is the lower for it.
+    if let Err(error) = client.batch_execute("CHECKPOINT").await {
+        eprintln!("history: no CHECKPOINT after the fill ({error}); the ratio may be understated");
+    }
     let size: String = client
         .query_one("SELECT pg_size_pretty(pg_total_relation_size('tether.images'))", &[])
         .await
