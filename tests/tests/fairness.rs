@@ -61,6 +61,9 @@ fn fleet_configs(env: &TestEnv) -> (tether_scheduler::SchedulerConfig, tether_wo
     (scheduler, worker)
 }
 
+/// The shortest time alone a ratio is taken against.
+const NOISE_FLOOR_SECS: f64 = 0.5;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_small_copy_import_is_not_stuck_behind_a_big_one() {
     let env = TestEnv::new().await;
@@ -78,7 +81,10 @@ async fn a_small_copy_import_is_not_stuck_behind_a_big_one() {
     env.wait_listed(big, 5000).await;
     let behind = timed(&env, &request(&env, "ws-b", "small-behind", "copy", &small), 10).await;
     assert!(!is_final(&env, big).await, "the big import ended first: the test measured nothing");
-    let ratio = behind.as_secs_f64() / alone.as_secs_f64();
+    // Below half a second, a shared machine's scheduling noise is the
+    // measure: the time alone counts as at least that (unfair dispatch is
+    // x20 or more even so).
+    let ratio = behind.as_secs_f64() / alone.as_secs_f64().max(NOISE_FLOOR_SECS);
     eprintln!("copy: 10 objects alone {alone:?}, behind 5,000 objects {behind:?}: x{ratio:.2}");
     assert!(ratio <= 3.0, "the small import took x{ratio:.2} its time alone ({behind:?} vs {alone:?})");
 
@@ -108,7 +114,10 @@ async fn a_one_prefix_link_import_is_not_stuck_behind_a_thousand_prefixes() {
     env.wait_imported(big, 10).await;
     let behind = timed(&env, &request(&env, "ws-b", "one-behind", "link", &one), 1).await;
     assert!(!is_final(&env, big).await, "the big import ended first: the test measured nothing");
-    let ratio = behind.as_secs_f64() / alone.as_secs_f64();
+    // Below half a second, a shared machine's scheduling noise is the
+    // measure: the time alone counts as at least that (unfair dispatch is
+    // x20 or more even so).
+    let ratio = behind.as_secs_f64() / alone.as_secs_f64().max(NOISE_FLOOR_SECS);
     eprintln!("link: 1 prefix alone {alone:?}, behind 1,000 prefixes {behind:?}: x{ratio:.2}");
     assert!(ratio <= 3.0, "the small import took x{ratio:.2} its time alone ({behind:?} vs {alone:?})");
 

@@ -14,8 +14,8 @@ use tether_shared::contract::ImportRequest;
 use tether_shared::db::tasks::{CopyItem, CopyOutcome, FailureRow, TaskContext};
 use tether_shared::db::DbError;
 use tether_shared::destination::{object_key, verified, Destination, DestinationError};
-use tether_shared::storage::ranged::RangedReads;
 use tether_shared::model::{retry, FailureCode, Scope};
+use tether_shared::storage::ranged::RangedReads;
 use tether_shared::storage::{ObjectSource, StorageError};
 use tokio::sync::Semaphore;
 

@@ -110,10 +110,14 @@ impl Worker {
         query: ListQuery<'_>,
         page: &ListPage,
     ) -> Vec<String> {
-        let flat = at.continuation.is_none() && page.next.is_some() && page.prefixes.is_empty();
+        let flat = at.continuation.is_none()
+            && page.next.is_some()
+            && page.prefixes.is_empty()
+            && page.objects.len() >= split::MIN_PAGE;
         // Where the page's second half varies: an odd first key (`-x.jpg`
         // before `000001.jpg`) says nothing about the names to come.
-        let (Some(middle), Some(last)) = (page.objects.get(page.objects.len() / 2), page.objects.last())
+        let (Some(middle), Some(last)) =
+            (page.objects.get(page.objects.len().saturating_sub(1) / 2), page.objects.last())
         else {
             return Vec::new();
         };

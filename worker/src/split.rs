@@ -18,6 +18,9 @@
 use futures_util::{stream, StreamExt};
 use tether_shared::storage::{ListPage, ListQuery, ObjectSource, StorageError};
 
+/// A first page shorter than this is not split: its chain is short enough,
+/// or its pages too small for probes to pay.
+pub(crate) const MIN_PAGE: usize = 16;
 /// Candidate keys one split probes at most.
 const MOST_PROBES: usize = 24;
 /// Probe listings in flight at once.
