@@ -40,6 +40,16 @@ pub const TEST_SECRETS_KEY: &str = "dGV0aGVyLXRlc3Qtc2VjcmV0cy1rZXktMzItYnl0ZXM=
 const EVENTS_QUEUE: &str = "test.finished-events";
 const FINAL_STATES: [&str; 4] = ["succeeded", "partially_succeeded", "failed", "cancelled"];
 
+/// The value of query parameter `name` of `url` (a signature, a token).
+pub fn url_param(url: &str, name: &str) -> String {
+    reqwest::Url::parse(url)
+        .expect("a URL")
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("{name} in {url}"))
+}
+
 /// A variable `make test` exports; a test without it fails and says why.
 pub fn service_var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {

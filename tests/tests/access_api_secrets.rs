@@ -6,19 +6,10 @@
 use serde_json::json;
 use tether_tests::api::{free_port, Api, API_TOKEN, API_TOKEN_2};
 use tether_tests::stores::Provider;
-use tether_tests::{service_var, TestEnv};
+use tether_tests::{service_var, url_param, TestEnv};
 
 /// The prefix of every session token moto's STS issues.
 const MOTO_SESSION_TOKEN_PREFIX: &str = "FQoGZXIvYXdzEBYaD";
-
-fn param(url: &str, name: &str) -> String {
-    reqwest::Url::parse(url)
-        .expect("a URL")
-        .query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| panic!("{name} in {url}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_token_signature_or_sas_reaches_the_logs_or_metrics() {
@@ -51,13 +42,13 @@ async fn no_token_signature_or_sas_reaches_the_logs_or_metrics() {
         ("an assumed role's session token", MOTO_SESSION_TOKEN_PREFIX.to_owned()),
     ];
     let direct = Api::only_url(&api.sign("ws-test", &[s3], "direct", 60).await);
-    secrets.push(("a presigned URL's signature", param(&direct, "X-Amz-Signature")));
-    secrets.push(("a presigned URL's session token", param(&direct, "X-Amz-Security-Token")));
+    secrets.push(("a presigned URL's signature", url_param(&direct, "X-Amz-Signature")));
+    secrets.push(("a presigned URL's session token", url_param(&direct, "X-Amz-Security-Token")));
     assert_eq!(api.http.get(&direct).send().await.expect("moto").status(), 200);
     let proxied = api.sign("ws-test", &[s3, blob], "proxy", 60).await;
     for entry in proxied["urls"].as_array().expect("urls") {
         let url = entry["url"].as_str().expect("url");
-        secrets.push(("a proxy URL's signature", param(url, "sig")));
+        secrets.push(("a proxy URL's signature", url_param(url, "sig")));
         let got = api.http.get(url).header("range", "bytes=0-3").send().await.expect("content");
         assert_eq!(got.status(), 206);
         let forged = url.replace("sig=", "sig=x");

@@ -13,18 +13,9 @@ use serde_json::json;
 use tether_tests::api::{Api, API_TOKEN, API_TOKEN_2};
 use tether_tests::proxy::{FaultProxy, Faults};
 use tether_tests::stores::Provider;
-use tether_tests::{captured_logs, service_var, TestEnv};
+use tether_tests::{captured_logs, service_var, url_param, TestEnv};
 
 const OWN_SESSION_TOKEN: &str = "tether-own-session-token-do-not-log";
-
-fn param(url: &str, name: &str) -> String {
-    reqwest::Url::parse(url)
-        .expect("a URL")
-        .query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| panic!("{name} in {url}"))
-}
 
 /// A SAS token's signature as sent, decoded, and encoded again (upper- and
 /// lower-case escapes).
@@ -100,10 +91,10 @@ async fn no_secret_reaches_the_output_of_any_process() {
         ("the second bearer token".to_owned(), API_TOKEN_2.to_owned()),
     ];
     let direct = Api::only_url(&api.sign("ws-test", &[s3], "direct", 60).await);
-    secrets.push(("a presigned URL's signature".into(), param(&direct, "X-Amz-Signature")));
+    secrets.push(("a presigned URL's signature".into(), url_param(&direct, "X-Amz-Signature")));
     let proxied = api.sign("ws-test", &[s3, blob], "proxy", 60).await;
     for url in Api::urls(&proxied) {
-        secrets.push(("a proxy URL's signature".into(), param(&url, "sig")));
+        secrets.push(("a proxy URL's signature".into(), url_param(&url, "sig")));
         let got = api.http.get(&url).send().await.expect("content");
         assert_eq!(got.status(), 200, "{url}");
     }

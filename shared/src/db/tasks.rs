@@ -600,6 +600,17 @@ async fn insert_sub_prefix_tasks(
         .iter()
         .map(|r| TaskMessage { task_id: r.get(0), seq: 0 })
         .collect();
+    count_list_tasks(tx, import_id, inserted, fan_out.cap).await
+}
+
+/// Adds `inserted` to the import's count of listing tasks, unless that
+/// passes `cap`; `None` then (the caller rolls back).
+async fn count_list_tasks(
+    tx: &Transaction<'_>,
+    import_id: Uuid,
+    inserted: Vec<TaskMessage>,
+    cap: Option<i64>,
+) -> Result<Option<Vec<TaskMessage>>, DbError> {
     let statement = tx
         .prepare_cached(
             "UPDATE tether.imports SET list_tasks = list_tasks + $2
@@ -607,7 +618,7 @@ async fn insert_sub_prefix_tasks(
         )
         .await?;
     let added = i32::try_from(inserted.len()).unwrap_or(i32::MAX);
-    let counted = tx.execute(&statement, &[&import_id, &added, &fan_out.cap]).await?;
+    let counted = tx.execute(&statement, &[&import_id, &added, &cap]).await?;
     Ok((counted == 1).then_some(inserted))
 }
 
@@ -652,16 +663,7 @@ async fn insert_range_tasks(
         .iter()
         .map(|r| TaskMessage { task_id: r.get(0), seq: 0 })
         .collect();
-    let statement = tx
-        .prepare_cached(
-            "UPDATE tether.imports SET list_tasks = list_tasks + $2
-             WHERE import_id = $1 AND list_tasks + $2 <= $3::int8",
-        )
-        .await?;
-    let added = i32::try_from(inserted.len()).unwrap_or(i32::MAX);
-    let cap = fan_out.cap.unwrap_or(i64::MAX);
-    let counted = tx.execute(&statement, &[&task.import_id, &added, &cap]).await?;
-    Ok((counted == 1).then_some(inserted))
+    count_list_tasks(tx, task.import_id, inserted, Some(fan_out.cap.unwrap_or(i64::MAX))).await
 }
 
 /// Amounts added to an import's counters by one commit.
