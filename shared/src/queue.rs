@@ -77,6 +77,27 @@ fn quorum_args(dead_letter_to: Option<&str>, delivery_limit: i64) -> FieldTable 
     args
 }
 
+/// How long `tether.rejected` and the dead-letter queues keep a message
+/// (contract §2): long enough for staff to look, not forever.
+const KEPT_FOR_MS: i64 = 7 * 24 * 3600 * 1000;
+/// The most a dead-letter queue holds; past it the oldest messages go.
+const DEAD_LETTER_MAX_BYTES: i64 = 1 << 30;
+
+/// A queue that only keeps messages for people to read: quorum, messages
+/// expire after [`KEPT_FOR_MS`], and with a byte cap the oldest are dropped
+/// past it. A queue declared earlier without these arguments keeps its own
+/// (the broker refuses to change them): an upgrade bounds it with the
+/// policy in `docs/interface.md`.
+fn bounded_args(byte_cap: Option<i64>) -> FieldTable {
+    let mut args = quorum_args(None, 0);
+    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(KEPT_FOR_MS));
+    if let Some(bytes) = byte_cap {
+        args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(bytes));
+        args.insert("x-overflow".into(), AMQPValue::LongString("drop-head".into()));
+    }
+    args
+}
+
 async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), QueueError> {
     channel
         .queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
@@ -96,8 +117,12 @@ pub async fn declare_topology(connection: &Connection) -> Result<(), QueueError>
             FieldTable::default(),
         )
         .await?;
-    for dead in [REQUEST_DEAD_LETTER_QUEUE, TASK_DEAD_LETTER_QUEUE, REJECTED_QUEUE] {
-        declare_queue(channel, dead, quorum_args(None, 0)).await?;
+    for (kept, byte_cap) in [
+        (REJECTED_QUEUE, None),
+        (REQUEST_DEAD_LETTER_QUEUE, Some(DEAD_LETTER_MAX_BYTES)),
+        (TASK_DEAD_LETTER_QUEUE, Some(DEAD_LETTER_MAX_BYTES)),
+    ] {
+        declare_queue(channel, kept, bounded_args(byte_cap)).await?;
     }
     declare_queue(
         channel,

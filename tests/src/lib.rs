@@ -688,6 +688,7 @@ impl Drop for TestEnv {
                     let s3 = aws_sdk_s3::Client::from_conf(
                         aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build(),
                     );
+                    stores::delete_gcs_and_azure(&s3, &buckets[0]).await;
                     for bucket in buckets {
                         stores::delete_s3_bucket(&s3, &bucket).await;
                     }

@@ -96,6 +96,43 @@ pub(crate) async fn delete_s3_bucket(s3: &aws_sdk_s3::Client, bucket: &str) {
     let _ = s3.delete_bucket().bucket(bucket).send().await;
 }
 
+/// Deletes a test's GCS bucket and Azure container named `name`, with what
+/// they hold, where the test made them (best effort: a missing one is fine).
+pub(crate) async fn delete_gcs_and_azure(s3: &aws_sdk_s3::Client, name: &str) {
+    let bucket = |provider| TestBucket {
+        provider,
+        name: name.to_owned(),
+        s3: s3.clone(),
+        http: reqwest::Client::new(),
+    };
+    let gcs = bucket(Provider::Gcs);
+    let objects = format!("{}/storage/v1/b/{name}/o", gcs_host());
+    loop {
+        let Ok(response) = gcs.http.get(&objects).query(&[("fields", "items(name)")]).send().await else {
+            break;
+        };
+        let listing: Value = response.json().await.unwrap_or_default();
+        let names: Vec<String> = listing["items"]
+            .as_array()
+            .map(|items| items.iter().filter_map(|i| i["name"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        if names.is_empty() {
+            break;
+        }
+        for object in names {
+            let _ = gcs
+                .http
+                .delete(format!("{objects}/{}", utf8_percent_encode(&object, UNRESERVED)))
+                .send()
+                .await;
+        }
+    }
+    let _ = gcs.http.delete(format!("{}/storage/v1/b/{name}", gcs_host())).send().await;
+    let azure = bucket(Provider::Azure);
+    let url = format!("{}?restype=container&{}", azure.container_url(), azure.admin_sas());
+    let _ = azure.http.delete(&url).send().await;
+}
+
 /// Panics with the response's status and body unless it succeeded.
 async fn check(response: reqwest::Result<reqwest::Response>, what: &str) -> reqwest::Response {
     let response = response.unwrap_or_else(|e| panic!("{what}: {e}"));
