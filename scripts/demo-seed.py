@@ -25,7 +25,7 @@ OTHERS = ["2024/06/notes.txt", "2024/07/manifest.json", "2024/08/README.txt"]
 # Fixed: the platform generates one ExternalId per workspace, not per import.
 EXTERNAL_ID = "7ed6d782-58b9-4b82-9f7e-a7d53c26e7f8"
 # The service account the platform created for the workspace (GCS's ExternalId).
-GCS_SERVICE_ACCOUNT = "importer@demo.iam.gserviceaccount.com"
+GCS_SERVICE_ACCOUNT = "importer@demo-project.iam.gserviceaccount.com"
 AZURE_ACCOUNT = "devstoreaccount1"
 AZURE_SAS_VERSION = "2022-11-02"
 
