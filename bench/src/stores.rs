@@ -94,7 +94,7 @@ impl Stores {
 
 async fn start_moto(root: &Path, venv: &Path) -> (Child, String) {
     let started = Instant::now();
-    let moto_port = port("TETHER_BENCH_MOTO_PORT", 9570);
+    let moto_port = port("TETHER_BENCH_MOTO_PORT", 9580);
     let mut trees: Vec<String> = S3_TREES.iter().map(|t| t.moto_spec()).collect();
     for (prefix, count, bytes) in [SMALL, LARGE] {
         trees.push(format!("{}={prefix}:{count}:{bytes}", prefix.trim_end_matches('/')));

@@ -1,6 +1,10 @@
 //! `tether-worker`: parses the configuration and runs the worker until
 //! SIGTERM.
 
+// The worker's consume loop nests deep async state machines; release
+// builds compute their layout past the default limit of 128.
+#![recursion_limit = "256"]
+
 use clap::Parser;
 
 #[tokio::main]
