@@ -132,7 +132,7 @@ pub struct WorkerConfig {
     #[arg(long, env = "TETHER_COPY_RANGED_FROM_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub copy_ranged_from_bytes: u64,
     /// Ranges of one large object read at once (1: one GET per object).
-    #[arg(long, env = "TETHER_COPY_RANGES_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, env = "TETHER_COPY_RANGES_IN_FLIGHT", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub copy_ranges_in_flight: u16,
     /// Memory for ranges read ahead of the copy, all copies together; where
     /// it is spent, the next range is read when its turn comes.
