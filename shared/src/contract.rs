@@ -630,17 +630,17 @@ fn gcs_bucket_ok(b: &str) -> bool {
 
 /// A service account's email as contract §2 allows it, and nothing else.
 pub fn service_account_ok(email: &str) -> bool {
-    let id = |s: &str| {
-        (6..=30).contains(&s.len())
+    let id_of = |s: &str, shortest: usize| {
+        (shortest..=30).contains(&s.len())
             && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && s.starts_with(|c: char| c.is_ascii_lowercase())
     };
+    let id = |s: &str| id_of(s, 6);
     let Some((name, domain)) = email.split_once('@') else { return false };
     if let Some(project) = domain.strip_suffix(".iam.gserviceaccount.com") {
         // The contract's own example (`importer@acme.iam…`) has a project
         // of 4 characters, under the 6 its rule names: both are accepted.
-        let short_project = (4..6).contains(&project.len()) && id(&format!("{project}xx"));
-        return id(name) && (id(project) || short_project);
+        return id(name) && id_of(project, 4);
     }
     match domain {
         "appspot.gserviceaccount.com" => id(name),

@@ -663,7 +663,7 @@ async fn insert_range_tasks(
         .iter()
         .map(|r| TaskMessage { task_id: r.get(0), seq: 0 })
         .collect();
-    count_list_tasks(tx, task.import_id, inserted, Some(fan_out.cap.unwrap_or(i64::MAX))).await
+    count_list_tasks(tx, task.import_id, inserted, fan_out.cap).await
 }
 
 /// Amounts added to an import's counters by one commit.
