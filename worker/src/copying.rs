@@ -71,7 +71,7 @@ impl Copier {
                 .ranged
                 .read(Arc::clone(source), &item.key, item.etag.as_deref(), size, url.clone())
                 .await?;
-            self.destination.write(&key, size, verified(body, size, url.clone())).await
+            self.destination.write(&key, verified(body, size, url.clone())).await
         };
         let result = attempt
             .retry(retry::object(self.max_attempts))
