@@ -2,17 +2,8 @@
 //! the environment by clap so that `--help` documents each variable.
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 
-use crate::contract::Secret;
-use crate::secrets::SecretsKey;
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret::new(s))
-    }
-}
+use crate::secrets::{Secret, SecretsKey};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tether_shared::config::DbSession;
-use tether_shared::contract::Secret;
+use tether_shared::secrets::Secret;
 use tether_shared::db::Store;
 use tether_tests::TestEnv;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

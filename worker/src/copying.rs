@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use backon::Retryable;
 use tether_shared::contract::ImportRequest;
-use tether_shared::db::tasks::{CopyItem, CopyOutcome, FailureRow, TaskContext};
+use tether_shared::task::{CopyItem, CopyOutcome, FailureRow, TaskContext};
 use tether_shared::db::DbError;
 use tether_shared::destination::{object_key, verified, Destination, DestinationError};
 use tether_shared::model::{retry, FailureCode, Scope};

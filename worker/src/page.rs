@@ -4,7 +4,7 @@
 //! URLs formed.
 
 use tether_shared::contract::{ImportRequest, Source};
-use tether_shared::db::tasks::{FailureRow, ImageRow, PageResult};
+use tether_shared::task::{FailureRow, ImageRow, PageResult};
 use tether_shared::model::failure::{storable, unsupported_key};
 use tether_shared::model::FailureCode;
 use tether_shared::storage::ListPage;

@@ -4,7 +4,8 @@
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::tasks::{insert_copy_task, CopyItem};
+use super::tasks::insert_copy_task;
+use crate::task::CopyItem;
 use super::{DbError, Store};
 use crate::task::{TaskKind, TaskMessage};
 

@@ -23,7 +23,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use tokio_postgres::NoTls;
 
 use crate::config::DbSession;
-use crate::contract::Secret;
+use crate::secrets::Secret;
 use crate::model::scope::sqlstate_is_transient;
 
 /// Migrations in the order they apply; each runs once, recorded in
@@ -198,5 +198,25 @@ impl Store {
     pub async fn ping(&self) -> Result<(), DbError> {
         self.client().await?.simple_query("SELECT 1").await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which database errors are retried; a refused statement goes by its
+    /// SQLSTATE ([`sqlstate_is_transient`], tested with the model).
+    #[test]
+    fn database_errors_by_transience() {
+        let cases = [
+            (DbError::Pool(deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)), true),
+            (DbError::Pool(deadpool_postgres::PoolError::Closed), true),
+            (DbError::BadUrl("no host".into()), false),
+            (DbError::Corrupt("copy task items".into()), false),
+        ];
+        for (error, transient) in cases {
+            assert_eq!(error.is_transient(), transient, "{error:?}");
+        }
     }
 }

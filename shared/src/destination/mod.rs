@@ -12,6 +12,8 @@
 
 pub mod file;
 pub mod gcs;
+#[cfg(test)]
+pub mod memory;
 pub mod s3;
 mod verify;
 

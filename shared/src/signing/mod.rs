@@ -15,7 +15,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::contract::Secret;
+use crate::secrets::Secret;
 use crate::credentials::CredentialError;
 
 /// When a URL is to be valid.

@@ -16,7 +16,7 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use chrono::{DateTime, Utc};
 
 use super::{SignError, SignedUrl, Signer, Validity};
-use crate::contract::Secret;
+use crate::secrets::Secret;
 use crate::credentials::CredentialError;
 use crate::destination::s3::platform_client;
 use crate::storage::s3::S3Bucket;

@@ -1,6 +1,6 @@
 //! What operators see of a process: logs (human-readable or JSON lines,
 //! filtered by `RUST_LOG`, default `info`; secrets never reach them because
-//! they are [`crate::contract::Secret`]s, whose `Debug` is `******`), the
+//! they are [`crate::secrets::Secret`]s, whose `Debug` is `******`), the
 //! Prometheus metrics defined in one place ([`metrics`]), and the HTTP
 //! endpoints `/metrics`, `/healthz`, `/readyz` ([`serve`]).
 
