@@ -12,8 +12,8 @@ use backon::Retryable;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tether_shared::contract::{
-    parse_request, AzureSource, CancelRequest, ImportRequest, Rejection, Source, ValidRequest, ValidationOptions,
-    REQUEST_QUEUE, ROUTING_CANCEL,
+    parse_request, AzureSource, CancelRequest, ImportRequest, Rejection, Source, ValidRequest,
+    ValidationOptions, REQUEST_QUEUE, ROUTING_CANCEL,
 };
 use tether_shared::db::imports::{Cancelled, Recorded};
 use tether_shared::db::{DbError, Store};

@@ -573,7 +573,11 @@ fn validate_source(
                 }
                 Form::Stored => None,
             };
-            Source::Azure(AzureSource { account: account.to_owned(), container: container.to_owned(), sas_token })
+            Source::Azure(AzureSource {
+                account: account.to_owned(),
+                container: container.to_owned(),
+                sas_token,
+            })
         }
         other => {
             return Err(format!(
@@ -910,7 +914,10 @@ mod tests {
         let back = ImportRequest::from_stored_json(&stored).expect("stored form");
         let Source::Azure(azure) = &back.source else { panic!("an Azure source") };
         assert_eq!(azure.sas_token, None);
-        assert_eq!((back.import_id, back.mode, back.prefixes), (request.import_id, request.mode, request.prefixes));
+        assert_eq!(
+            (back.import_id, back.mode, back.prefixes),
+            (request.import_id, request.mode, request.prefixes)
+        );
     }
 
     #[test]

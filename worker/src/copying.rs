@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use backon::Retryable;
 use tether_shared::contract::ImportRequest;
-use tether_shared::task::{CopyItem, CopyOutcome, FailureRow, TaskContext};
 use tether_shared::db::DbError;
 use tether_shared::destination::{object_key, verified, Destination, DestinationError};
 use tether_shared::model::{retry, FailureCode, Scope};
 use tether_shared::storage::ranged::RangedReads;
 use tether_shared::storage::{ObjectSource, StorageError};
+use tether_shared::task::{CopyItem, CopyOutcome, FailureRow, TaskContext};
 use tokio::sync::Semaphore;
 
 use tether_shared::telemetry::metrics;

@@ -7,9 +7,7 @@ use tether_shared::credentials::CredentialError;
 use tether_shared::db::DbError;
 use tether_shared::model::{retry, FailureCode, Scope};
 use tether_shared::storage::{ListPage, ListQuery, ObjectSource, StorageError, DELIMITER};
-use tether_shared::task::{
-    FailureRow, FanOut, ListPosition, PageCommit, TaskContext, TaskKind, TaskMessage,
-};
+use tether_shared::task::{FailureRow, FanOut, ListPosition, PageCommit, TaskContext, TaskKind, TaskMessage};
 
 use tether_shared::telemetry::metrics;
 

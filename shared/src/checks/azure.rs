@@ -69,9 +69,15 @@ pub(super) async fn check(
 ) -> Report {
     let Some(token) = &source.sas_token else {
         let why = "The source has no SAS token, so nothing was tried: add sas_token";
-        let missing = Check::fail(SAS_PERMISSIONS, "The source has no SAS token: paste the container's SAS token with r and l permissions");
+        let missing = Check::fail(
+            SAS_PERMISSIONS,
+            "The source has no SAS token: paste the container's SAS token with r and l permissions",
+        );
         let skipped = |name| Check::skipped(name, why);
-        return Report::new(None, vec![missing, skipped(SAS_EXPIRY), skipped(super::LIST), skipped(super::READ)]);
+        return Report::new(
+            None,
+            vec![missing, skipped(SAS_EXPIRY), skipped(super::LIST), skipped(super::READ)],
+        );
     };
     let sas = SasFields::parse(token.expose());
     let (permissions, allowed) = sas_permissions(&sas);

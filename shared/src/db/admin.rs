@@ -5,8 +5,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::tasks::insert_copy_task;
-use crate::task::CopyItem;
 use super::{DbError, Store};
+use crate::task::CopyItem;
 use crate::task::{TaskKind, TaskMessage};
 
 /// Which imports `tetherctl list` shows.

@@ -23,8 +23,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use tokio_postgres::NoTls;
 
 use crate::config::DbSession;
-use crate::secrets::Secret;
 use crate::model::scope::sqlstate_is_transient;
+use crate::secrets::Secret;
 
 /// Migrations in the order they apply; each runs once, recorded in
 /// `tether.schema_migrations`.
@@ -210,7 +210,10 @@ mod tests {
     #[test]
     fn database_errors_by_transience() {
         let cases = [
-            (DbError::Pool(deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)), true),
+            (
+                DbError::Pool(deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)),
+                true,
+            ),
             (DbError::Pool(deadpool_postgres::PoolError::Closed), true),
             (DbError::BadUrl("no host".into()), false),
             (DbError::Corrupt("copy task items".into()), false),

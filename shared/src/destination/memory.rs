@@ -59,7 +59,8 @@ impl Destination for MemoryDestination {
 
     async fn read(&self, stored_url: &str, range: Option<ByteRange>) -> Result<ObjectBody, StorageError> {
         let key = stored_url.strip_prefix(SCHEME).unwrap_or(stored_url);
-        let bytes = self.copies().get(key).cloned().ok_or_else(|| super::copy_missing(stored_url, "is not there"))?;
+        let bytes =
+            self.copies().get(key).cloned().ok_or_else(|| super::copy_missing(stored_url, "is not there"))?;
         Ok(memory::body(bytes, range))
     }
 }
@@ -109,8 +110,19 @@ mod tests {
     /// does (the listing's size and ETag, the bytes verified on the way),
     /// and tallies what became of each: the rules of contract §2 and §3
     /// from store behaviour to the import's final state.
-    async fn import(source: &MemorySource, destination: &MemoryDestination, request: &ImportRequest) -> Tally {
-        let query = ListQuery { prefix: "", token: None, max_keys: 1000, delimiter: None, start_at: None, end_before: None };
+    async fn import(
+        source: &MemorySource,
+        destination: &MemoryDestination,
+        request: &ImportRequest,
+    ) -> Tally {
+        let query = ListQuery {
+            prefix: "",
+            token: None,
+            max_keys: 1000,
+            delimiter: None,
+            start_at: None,
+            end_before: None,
+        };
         let page = source.list_page(query).await.expect("a page");
         let mut tally = Tally { listed: page.objects.len() as i64, ..Tally::default() };
         let mut codes = BTreeMap::<&str, i64>::new();
@@ -161,7 +173,8 @@ mod tests {
 
     #[tokio::test]
     async fn per_object_failures_decide_the_import_state() {
-        let good = || MemorySource::default().with("a.jpg", b"aaaa").with("b.png", b"bb").with("notes.txt", b"n");
+        let good =
+            || MemorySource::default().with("a.jpg", b"aaaa").with("b.png", b"bb").with("notes.txt", b"n");
         let cases: Vec<(&str, MemorySource, u64, ImportState, &[&str], Option<&str>)> = vec![
             ("all copied", good(), 100, ImportState::Succeeded, &["a.jpg", "b.png"], None),
             (
@@ -172,7 +185,14 @@ mod tests {
                 &["b.png"],
                 Some("1 of 2 matching objects failed (too_large: 1)"),
             ),
-            ("all too large", good(), 1, ImportState::Failed, &[], Some("Every matching object failed (too_large: 2)")),
+            (
+                "all too large",
+                good(),
+                1,
+                ImportState::Failed,
+                &[],
+                Some("Every matching object failed (too_large: 2)"),
+            ),
             (
                 "deleted after listing",
                 good().with_read("c.jpg", b"c", Read::Fails(gone)),
@@ -197,9 +217,30 @@ mod tests {
                 &["a.jpg", "b.png"],
                 Some("2 of 4 matching objects failed (access_denied: 1, unsupported_key: 1)"),
             ),
-            ("the bucket vanished", good().with_read("c.jpg", b"c", Read::Fails(no_bucket)), 100, ImportState::Failed, &["a.jpg", "b.png"], Some("the bucket is gone")),
-            ("only filtered objects", MemorySource::default().with("notes.txt", b"n"), 100, ImportState::Failed, &[], Some("matched the filter")),
-            ("an empty bucket", MemorySource::default(), 100, ImportState::Failed, &[], Some("Nothing was found")),
+            (
+                "the bucket vanished",
+                good().with_read("c.jpg", b"c", Read::Fails(no_bucket)),
+                100,
+                ImportState::Failed,
+                &["a.jpg", "b.png"],
+                Some("the bucket is gone"),
+            ),
+            (
+                "only filtered objects",
+                MemorySource::default().with("notes.txt", b"n"),
+                100,
+                ImportState::Failed,
+                &[],
+                Some("matched the filter"),
+            ),
+            (
+                "an empty bucket",
+                MemorySource::default(),
+                100,
+                ImportState::Failed,
+                &[],
+                Some("Nothing was found"),
+            ),
         ];
         for (name, source, max_object_bytes, state, copied, error) in cases {
             let request = request(max_object_bytes);

@@ -120,5 +120,10 @@ pub(crate) fn body(bytes: Bytes, range: Option<ByteRange>) -> ObjectBody {
         None => bytes,
     };
     let size = bytes.len() as u64;
-    ObjectBody { size, total, md5: None, chunks: Box::pin(futures_util::stream::once(async move { Ok(bytes) })) }
+    ObjectBody {
+        size,
+        total,
+        md5: None,
+        chunks: Box::pin(futures_util::stream::once(async move { Ok(bytes) })),
+    }
 }

@@ -399,7 +399,11 @@ mod tests {
             (StorageError::Corrupt(s()), Scope::Object, FailureCode::ChecksumMismatch),
             (StorageError::CredentialsExpired(s()), Scope::Transient, FailureCode::AccessDenied),
             (StorageError::Credentials(refused()), Scope::Import, FailureCode::AccessDenied),
-            (StorageError::Credentials(CredentialError::Unavailable(s())), Scope::Transient, FailureCode::Unavailable),
+            (
+                StorageError::Credentials(CredentialError::Unavailable(s())),
+                Scope::Transient,
+                FailureCode::Unavailable,
+            ),
             (StorageError::Throttled(s()), Scope::Transient, FailureCode::Throttled),
             (StorageError::Unavailable(s()), Scope::Transient, FailureCode::Unavailable),
         ];
