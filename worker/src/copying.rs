@@ -42,7 +42,7 @@ impl Copier {
 
     /// Copies a batch; `Err` when an object's failure concerns the whole
     /// import (the bucket is gone, the role refused), which then fails once.
-    async fn copy_all(
+    pub(crate) async fn copy_all(
         &self,
         source: &Arc<dyn ObjectSource>,
         request: &ImportRequest,

@@ -20,6 +20,8 @@
 mod copying;
 mod fanout;
 mod listing;
+#[cfg(test)]
+mod outcomes;
 mod page;
 mod split;
 

@@ -68,12 +68,10 @@ impl Destination for MemoryDestination {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::{parse_request, ImportRequest, ValidationOptions};
     use crate::destination::verified;
-    use crate::model::state::Tally;
-    use crate::model::{FailureCode, ImportState, Scope};
-    use crate::storage::memory::{MemorySource, Read};
-    use crate::storage::{ListQuery, ObjectSource};
+    use crate::model::{FailureCode, Scope};
+    use crate::storage::memory::MemorySource;
+    use crate::storage::ObjectSource;
 
     /// The one classifier of destination errors: a source error keeps its
     /// own scope and code, a failed write is retried, a bad destination
@@ -95,169 +93,6 @@ mod tests {
         }
     }
 
-    fn request(max_object_bytes: u64) -> ImportRequest {
-        let body = format!(
-            r#"{{"version":1,"import_id":"3f0c1f4e-8a55-4a36-9a34-3c0f4b1f2e10","workspace_id":"w","dataset_id":"d","mode":"copy",
-              "source":{{"provider":"s3","bucket":"acme-images","role_arn":"arn:aws:iam::111122223333:role/r","external_id":"ext-1"}},
-              "filter":{{"max_object_bytes":{max_object_bytes}}}}}"#
-        );
-        parse_request(body.as_bytes(), Some("application/json"), ValidationOptions::default())
-            .expect("valid")
-            .request
-    }
-
-    /// Copies every object of `source` into `destination` as a copy task
-    /// does (the listing's size and ETag, the bytes verified on the way),
-    /// and tallies what became of each: the rules of contract §2 and §3
-    /// from store behaviour to the import's final state.
-    async fn import(
-        source: &MemorySource,
-        destination: &MemoryDestination,
-        request: &ImportRequest,
-    ) -> Tally {
-        let query = ListQuery {
-            prefix: "",
-            token: None,
-            max_keys: 1000,
-            delimiter: None,
-            start_at: None,
-            end_before: None,
-        };
-        let page = source.list_page(query).await.expect("a page");
-        let mut tally = Tally { listed: page.objects.len() as i64, ..Tally::default() };
-        let mut codes = BTreeMap::<&str, i64>::new();
-        for object in &page.objects {
-            if !request.filter.matches(&object.key) {
-                tally.filtered += 1;
-                continue;
-            }
-            let code = if object.size > request.filter.max_object_bytes {
-                Some(FailureCode::TooLarge)
-            } else if crate::model::failure::unsupported_key(&object.key, false).is_some() {
-                Some(FailureCode::UnsupportedKey)
-            } else {
-                let url = request.source.url(&object.key);
-                let copied = match source.read(&object.key, object.etag.as_deref(), None).await {
-                    Ok(body) => destination.write(&object.key, verified(body, object.size, url)).await,
-                    Err(error) => Err(error.into()),
-                };
-                match copied {
-                    Ok(_) => None,
-                    Err(error) if error.scope() == Scope::Import => {
-                        tally.import_error = Some(error.to_string());
-                        None
-                    }
-                    Err(error) => Some(error.code()),
-                }
-            };
-            if let Some(code) = code {
-                tally.failed += 1;
-                *codes.entry(code.as_str()).or_default() += 1;
-            }
-        }
-        tally.object_failures = codes.into_iter().map(|(code, n)| (code.to_owned(), n)).collect();
-        tally
-    }
-
-    fn gone(key: &str) -> StorageError {
-        StorageError::ObjectNotFound(format!("{key} was deleted"))
-    }
-
-    fn denied(key: &str) -> StorageError {
-        StorageError::AccessDenied(format!("{key} may not be read"))
-    }
-
-    fn no_bucket(_: &str) -> StorageError {
-        StorageError::BucketNotFound("the bucket is gone".into())
-    }
-
-    #[tokio::test]
-    async fn per_object_failures_decide_the_import_state() {
-        let good =
-            || MemorySource::default().with("a.jpg", b"aaaa").with("b.png", b"bb").with("notes.txt", b"n");
-        let cases: Vec<(&str, MemorySource, u64, ImportState, &[&str], Option<&str>)> = vec![
-            ("all copied", good(), 100, ImportState::Succeeded, &["a.jpg", "b.png"], None),
-            (
-                "one too large",
-                good(),
-                3,
-                ImportState::PartiallySucceeded,
-                &["b.png"],
-                Some("1 of 2 matching objects failed (too_large: 1)"),
-            ),
-            (
-                "all too large",
-                good(),
-                1,
-                ImportState::Failed,
-                &[],
-                Some("Every matching object failed (too_large: 2)"),
-            ),
-            (
-                "deleted after listing",
-                good().with_read("c.jpg", b"c", Read::Fails(gone)),
-                100,
-                ImportState::PartiallySucceeded,
-                &["a.jpg", "b.png"],
-                Some("not_found: 1"),
-            ),
-            (
-                "fewer bytes than listed",
-                good().with_read("c.jpg", b"cccc", Read::Other(Bytes::from_static(b"cc"))),
-                100,
-                ImportState::PartiallySucceeded,
-                &["a.jpg", "b.png"],
-                Some("changed_during_copy: 1"),
-            ),
-            (
-                "denied and a NUL key",
-                good().with_read("c.jpg", b"c", Read::Fails(denied)).with("d\0.jpg", b"d"),
-                100,
-                ImportState::PartiallySucceeded,
-                &["a.jpg", "b.png"],
-                Some("2 of 4 matching objects failed (access_denied: 1, unsupported_key: 1)"),
-            ),
-            (
-                "the bucket vanished",
-                good().with_read("c.jpg", b"c", Read::Fails(no_bucket)),
-                100,
-                ImportState::Failed,
-                &["a.jpg", "b.png"],
-                Some("the bucket is gone"),
-            ),
-            (
-                "only filtered objects",
-                MemorySource::default().with("notes.txt", b"n"),
-                100,
-                ImportState::Failed,
-                &[],
-                Some("matched the filter"),
-            ),
-            (
-                "an empty bucket",
-                MemorySource::default(),
-                100,
-                ImportState::Failed,
-                &[],
-                Some("Nothing was found"),
-            ),
-        ];
-        for (name, source, max_object_bytes, state, copied, error) in cases {
-            let request = request(max_object_bytes);
-            let destination = MemoryDestination::default();
-            let (decided, sentence) = import(&source, &destination, &request).await.decide(&request);
-            assert_eq!(decided, state, "{name}: {sentence:?}");
-            let keys: Vec<String> = destination.copies().into_keys().collect();
-            assert_eq!(keys, copied, "{name}: only whole, verified copies are kept");
-            match error {
-                None => assert_eq!(sentence, None, "{name}"),
-                Some(words) => {
-                    assert!(sentence.as_deref().unwrap_or_default().contains(words), "{name}: {sentence:?}")
-                }
-            }
-        }
-    }
-
     #[tokio::test]
     async fn a_refusing_destination_is_an_outage_not_a_failed_object() {
         let source = MemorySource::default().with("a.jpg", b"a");
@@ -266,5 +101,22 @@ mod tests {
         let error = refused.write("k", verified(body, 1, "s3://b/a.jpg".into())).await.expect_err("refused");
         assert_eq!(error.scope(), Scope::Transient);
         assert!(refused.copies().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_fails_leaves_no_copy() {
+        let source = MemorySource::default().with("a.jpg", b"abcd");
+        let destination = MemoryDestination::default();
+        let short = source.read("a.jpg", None, None).await.expect("read");
+        // Listed with 5 bytes, the stream delivers 4: verification fails it.
+        let error =
+            destination.write("k", verified(short, 5, "s3://b/a.jpg".into())).await.expect_err("short");
+        assert_eq!(error.code(), FailureCode::ChangedDuringCopy);
+        let whole = source.read("a.jpg", None, None).await.expect("read");
+        let url = destination.write("k2", verified(whole, 4, "s3://b/a.jpg".into())).await.expect("written");
+        let copies = destination.copies();
+        assert_eq!(copies.keys().collect::<Vec<_>>(), ["k2"]);
+        let back = destination.read(&url, Some(ByteRange { first: 1, last: 2 })).await.expect("read back");
+        assert_eq!((back.size, back.total), (2, 4));
     }
 }

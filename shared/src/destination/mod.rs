@@ -12,7 +12,7 @@
 
 pub mod file;
 pub mod gcs;
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod s3;
 mod verify;

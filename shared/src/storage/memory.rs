@@ -1,4 +1,5 @@
-//! An [`ObjectSource`] held in memory, for unit tests: the outcome rules
+//! An [`ObjectSource`] held in memory, for unit tests (here, and in other
+//! crates through the `testing` feature): the outcome rules
 //! and the error classifiers are tested against it in milliseconds, where
 //! the integration tests need five services. Each object is bytes, or a
 //! fault that its read answers with, so a test sets up exactly the store
@@ -16,7 +17,7 @@ pub enum Read {
     /// Delivers the bytes the object was listed with.
     Bytes,
     /// Delivers these bytes instead (a source that changed, or lies).
-    Other(Bytes),
+    Other(&'static [u8]),
     /// Fails with this error, built afresh for each read.
     Fails(fn(&str) -> StorageError),
 }
@@ -105,7 +106,7 @@ impl ObjectSource for MemorySource {
         }
         let bytes = match &object.read {
             Read::Bytes => object.bytes.clone(),
-            Read::Other(bytes) => bytes.clone(),
+            Read::Other(bytes) => Bytes::from_static(bytes),
             Read::Fails(error) => return Err(error(key)),
         };
         Ok(body(bytes, range))

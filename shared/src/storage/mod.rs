@@ -6,7 +6,7 @@
 pub mod azure;
 pub mod budget;
 pub mod gcs;
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod ranged;
 pub mod s3;
