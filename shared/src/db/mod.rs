@@ -9,6 +9,7 @@ pub mod admin;
 pub mod audit;
 pub mod budgets;
 mod connect;
+pub use connect::DbSession;
 pub mod dispatch;
 pub mod events;
 pub mod imports;
@@ -22,7 +23,6 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::NoTls;
 
-use crate::config::DbSession;
 use crate::model::scope::sqlstate_is_transient;
 use crate::secrets::Secret;
 
