@@ -6,7 +6,7 @@ use tether_shared::contract::{Mode, Source};
 use tether_shared::credentials::CredentialError;
 use tether_shared::db::DbError;
 use tether_shared::model::{retry, FailureCode, Scope};
-use tether_shared::storage::{ListPage, ListQuery, ObjectSource, StorageError, DELIMITER};
+use tether_shared::storage::{ListPage, ListQuery, StorageError, DELIMITER};
 use tether_shared::task::{FailureRow, FanOut, ListPosition, PageCommit, TaskContext, TaskKind, TaskMessage};
 
 use tether_shared::telemetry::metrics;
@@ -37,7 +37,7 @@ impl Worker {
             Ok(page) => page,
             Err(error) => return self.listing_failed(task, prefix, error).await,
         };
-        let mut split_at = self.split(task, at, source.as_ref(), query, &page).await;
+        let mut split_at = self.split(task, at, &page);
         let (result, fan_out, commit) = loop {
             let mut fan_out = self.plan_fan_out(task, &page).await?;
             if !split_at.is_empty() {
@@ -99,38 +99,25 @@ impl Worker {
     }
 
     /// Where the rest of a long flat chain is split ([`split`]): only from a
-    /// task's full first page without sub-prefixes, and not on Azure, whose
-    /// listings cannot start at a key. A probe that fails splits nothing.
-    async fn split(
-        &self,
-        task: &TaskContext,
-        at: &ListPosition,
-        source: &dyn ObjectSource,
-        query: ListQuery<'_>,
-        page: &ListPage,
-    ) -> Vec<String> {
+    /// task's full first page without sub-prefixes, into parts of several
+    /// pages, and not on Azure, whose listings cannot start at a key.
+    fn split(&self, task: &TaskContext, at: &ListPosition, page: &ListPage) -> Vec<String> {
         let flat = at.continuation.is_none()
             && page.next.is_some()
             && page.prefixes.is_empty()
             && page.objects.len() >= split::MIN_PAGE;
         // Where the page's second half varies: an odd first key (`-x.jpg`
         // before `000001.jpg`) says nothing about the names to come.
-        let (Some(middle), Some(last)) =
-            (page.objects.get(page.objects.len().saturating_sub(1) / 2), page.objects.last())
-        else {
+        let half = page.objects.len().saturating_sub(1) / 2;
+        let (Some(middle), Some(last)) = (page.objects.get(half), page.objects.last()) else {
             return Vec::new();
         };
         if !flat || matches!(task.request.source, Source::Azure(_)) {
             return Vec::new();
         }
         let candidates = split::candidates(&at.prefix, &middle.key, &last.key, at.end_before.as_deref());
-        match split::split_keys(source, query, candidates).await {
-            Ok(keys) => keys,
-            Err(error) => {
-                tracing::debug!(%error, "A probe listing failed; the chain is not split.");
-                Vec::new()
-            }
-        }
+        let min_keys = split::MIN_PART_PAGES * page.objects.len() as f64;
+        split::thin(candidates, &middle.key, &last.key, page.objects.len() - 1 - half, min_keys)
     }
 
     /// The sub-prefix tasks a delimited page adds (none without prefixes).
