@@ -13,9 +13,17 @@
 //! (`TETHER_COPY_BUFFER_BYTES`), taken without waiting: where the budget is
 //! spent, the next range is read when its turn comes instead, so the budget
 //! bounds memory and can never deadlock the copies that share it.
+//!
+//! Ranges pay only where the store serves them at the cost of their own
+//! bytes. moto does not: it reads the whole object for every ranged GET,
+//! under a lock per object, so a 1 GiB object in 8 MiB ranges costs it 128
+//! whole reads (docs/ranged-reads.md has the figures). The debug log says,
+//! per range, how long the store took to answer and how long the copy
+//! waited for it, which tells such a store from a slow line.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -129,13 +137,22 @@ impl Joined {
             let (source, key, etag, url) =
                 (Arc::clone(&self.source), self.key.clone(), self.etag.clone(), self.url.clone());
             let fetch = async move {
+                let started = Instant::now();
                 let body = source.read(&key, Some(&etag), Some(range)).await?;
+                let answered = started.elapsed();
                 let mut chunks = checked(body, range, &url)?;
                 let mut buffer = BytesMut::with_capacity(usize::try_from(range.bytes()).unwrap_or(0));
                 while let Some(chunk) = chunks.next().await {
                     buffer.extend_from_slice(&chunk?);
                 }
                 short(buffer.len() as u64, range, &url)?;
+                tracing::debug!(
+                    %url,
+                    first = range.first,
+                    answered_ms = answered.as_millis() as u64,
+                    read_ms = started.elapsed().as_millis() as u64,
+                    "A range was read ahead."
+                );
                 Ok((buffer.freeze(), permit))
             };
             self.ahead.push_back(Ahead::Fetching(tokio::spawn(fetch)));
@@ -161,12 +178,16 @@ impl Joined {
             match self.ahead.pop_front() {
                 None => return Ok(None),
                 Some(Ahead::Fetching(handle)) => {
-                    let (bytes, _permit) = handle.await.map_err(|e| {
+                    let waited = Instant::now();
+                    let fetched = handle.await;
+                    tracing::debug!(url = %self.url, waited_ms = waited.elapsed().as_millis() as u64, "The copy waited for a range read ahead.");
+                    let (bytes, _permit) = fetched.map_err(|e| {
                         StorageError::Unavailable(format!("reading a range of {} stopped: {e}", self.url))
                     })??;
                     return Ok(Some(bytes));
                 }
                 Some(Ahead::OnDemand(range)) => {
+                    tracing::debug!(url = %self.url, first = range.first, "A range is read when its turn comes (the read-ahead budget is spent).");
                     let body = self.source.read(&self.key, Some(&self.etag), Some(range)).await?;
                     self.current = Some((checked(body, range, &self.url)?, range.bytes()));
                 }
