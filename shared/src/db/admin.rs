@@ -5,8 +5,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::tasks::{insert_copy_task, CopyItem};
+use super::wakeups::wake_scheduler;
 use super::{DbError, Store};
-use crate::task::{TaskKind, TaskMessage};
 
 /// Which imports `tetherctl list` shows.
 #[derive(Debug, Clone, Default)]
@@ -20,12 +20,9 @@ pub struct ListFilter {
 /// What a requeue did.
 #[derive(Debug)]
 pub enum Requeued {
-    /// The import runs again; publish these tasks.
-    Requeued {
-        prefixes: usize,
-        objects: usize,
-        tasks: Vec<(TaskKind, TaskMessage)>,
-    },
+    /// The import runs again: its tasks are held, for the scheduler to
+    /// release within the fair share like any other.
+    Requeued { prefixes: usize, objects: usize },
     NotFound,
     /// Only failed and partially succeeded imports can be requeued.
     NotRequeueable(String),
@@ -75,7 +72,9 @@ impl Store {
     /// Makes a failed or partially succeeded import run again: failed and
     /// stopped tasks resume from their checkpoint, failed copies are tried
     /// again, their failures are no longer counted. The scheduler finishes it
-    /// again (a new FinishedEvent, revision + 1).
+    /// again (a new FinishedEvent, revision + 1). Its tasks are recorded
+    /// held and the scheduler woken: a requeue of a big import takes its
+    /// fair share of the fleet, no more.
     pub async fn requeue_import(&self, import_id: Uuid) -> Result<Requeued, DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -111,10 +110,10 @@ impl Store {
         }
         let resumed = tx
             .query(
-                "UPDATE tether.tasks SET state = 'pending', seq = seq + 1, attempts = 0, held = false,
-                        published_at = now(), updated_at = now()
+                "UPDATE tether.tasks SET state = 'pending', seq = seq + 1, attempts = 0, held = true,
+                        updated_at = now()
                  WHERE import_id = $1 AND state IN ('failed', 'cancelled')
-                 RETURNING task_id, seq, kind",
+                 RETURNING task_id",
                 &[&import_id],
             )
             .await?;
@@ -143,15 +142,8 @@ impl Store {
         if resumed.is_empty() && items.is_empty() {
             return Ok(Requeued::NothingToRetry);
         }
-        let mut tasks: Vec<(TaskKind, TaskMessage)> = resumed
-            .iter()
-            .filter_map(|r| {
-                Some((TaskKind::parse(r.get(2))?, TaskMessage { task_id: r.get(0), seq: r.get(1) }))
-            })
-            .collect();
         for batch in items.chunks(REQUEUE_BATCH) {
-            // Published by `tetherctl` itself, outside the fair share.
-            tasks.push((TaskKind::Copy, insert_copy_task(&tx, import_id, batch, false).await?));
+            insert_copy_task(&tx, import_id, batch, true).await?;
         }
         tx.execute(
             "UPDATE tether.imports SET state = 'running', error = NULL, finished_at = NULL,
@@ -160,7 +152,9 @@ impl Store {
             &[&import_id, &(items.len() as i64)],
         )
         .await?;
+        // Resumed tasks are updates, which no trigger announces.
+        wake_scheduler(&tx).await?;
         tx.commit().await?;
-        Ok(Requeued::Requeued { prefixes: prefixes as usize, objects: items.len(), tasks })
+        Ok(Requeued::Requeued { prefixes: prefixes as usize, objects: items.len() })
     }
 }
