@@ -182,7 +182,10 @@ async fn a_requeued_import_takes_its_fair_share_like_any_other() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let done = final_status(&env, id, Duration::from_secs(1)).await;
-    assert_eq!((done["state"].as_str(), done["objects_imported"].as_i64()), (Some("succeeded"), Some(PREFIXES)));
+    assert_eq!(
+        (done["state"].as_str(), done["objects_imported"].as_i64()),
+        (Some("succeeded"), Some(PREFIXES))
+    );
     workers.stop().await;
     schedulers.stop().await;
 }

@@ -22,7 +22,10 @@ pub struct ListFilter {
 pub enum Requeued {
     /// The import runs again: its tasks are held, for the scheduler to
     /// release within the fair share like any other.
-    Requeued { prefixes: usize, objects: usize },
+    Requeued {
+        prefixes: usize,
+        objects: usize,
+    },
     NotFound,
     /// Only failed and partially succeeded imports can be requeued.
     NotRequeueable(String),
