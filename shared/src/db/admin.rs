@@ -33,8 +33,10 @@ pub enum Requeued {
     NothingToRetry,
 }
 
-/// Objects per copy task made by a requeue.
-const REQUEUE_BATCH: usize = 100;
+/// Objects per copy task made by a requeue: the workers' default
+/// `TETHER_COPY_BATCH_OBJECTS`, so that a requeued task keeps a newcomer
+/// waiting no longer than any other copy task (the fair share cuts none short).
+const REQUEUE_BATCH: usize = 20;
 
 impl Store {
     /// `tether.import_status` rows, newest first.
