@@ -22,12 +22,13 @@ use serde_json::Value;
 use tether_shared::checks::setup::{AwsSetup, SetupError};
 use tether_shared::checks::{default_origin, valid_origin, CheckRequest, Checker, Report, Status};
 use tether_shared::config::StoresConfig;
-use tether_shared::contract::{Secret, ROUTING_REQUEST};
+use tether_shared::contract::ROUTING_REQUEST;
 use tether_shared::db::admin::{ListFilter, Requeued};
 use tether_shared::db::audit::{AuditAction, AuditEntry};
 use tether_shared::db::imports::Cancelled;
 use tether_shared::db::{DbError, Store};
 use tether_shared::queue::{self, Publisher, QueueError};
+use tether_shared::secrets::Secret;
 use uuid::Uuid;
 
 #[derive(Debug, Parser)]

@@ -14,7 +14,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ring::hmac;
-use tether_shared::contract::Secret;
+use tether_shared::secrets::Secret;
 
 use crate::error::ApiError;
 use crate::AppState;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tether_shared::config::{LogFormat, StoresConfig};
-use tether_shared::contract::Secret;
+use tether_shared::secrets::Secret;
 use tether_shared::secrets::SecretsKey;
 
 use crate::auth::Tokens;

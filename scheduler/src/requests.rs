@@ -12,8 +12,8 @@ use backon::Retryable;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tether_shared::contract::{
-    parse_request, CancelRequest, ImportRequest, Rejection, Source, ValidRequest, ValidationOptions,
-    REQUEST_QUEUE, ROUTING_CANCEL,
+    parse_request, AzureSource, CancelRequest, ImportRequest, Rejection, Source, ValidRequest,
+    ValidationOptions, REQUEST_QUEUE, ROUTING_CANCEL,
 };
 use tether_shared::db::imports::{Cancelled, Recorded};
 use tether_shared::db::{DbError, Store};
@@ -147,9 +147,9 @@ impl Handler {
     /// `TETHER_SECRETS_KEY` nothing is kept, and the import fails with a
     /// sentence saying so when a worker takes it up.
     fn seal_secret(&self, request: &ImportRequest) -> Option<Vec<u8>> {
-        let Source::Azure(azure) = &request.source else { return None };
+        let Source::Azure(AzureSource { sas_token: Some(token), .. }) = &request.source else { return None };
         match &self.secrets {
-            Some(key) => Some(key.seal(&azure.sas_token, request.import_id)),
+            Some(key) => Some(key.seal(token, request.import_id)),
             None => {
                 tracing::error!(import_id = %request.import_id, "An Azure import arrived, but TETHER_SECRETS_KEY is unset: the SAS token cannot be kept and the import will fail.");
                 None

@@ -2,25 +2,10 @@
 //! the environment by clap so that `--help` documents each variable.
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 
-use crate::contract::Secret;
-use crate::secrets::SecretsKey;
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret::new(s))
-    }
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
+pub use crate::db::DbSession;
+use crate::secrets::{Secret, SecretsKey};
+pub use crate::telemetry::LogFormat;
 
 /// What every Tether process needs: where Postgres and RabbitMQ are, and
 /// where to serve metrics.
@@ -46,29 +31,6 @@ pub struct CommonConfig {
     pub secrets_key: Option<SecretsKey>,
     #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-}
-
-/// What every Postgres connection of a process is limited to. TLS is asked
-/// for in `TETHER_DATABASE_URL` itself (`sslmode=require`, `verify-ca`,
-/// `verify-full`, with `sslrootcert`), as libpq does.
-#[derive(Debug, Clone, Copy, clap::Args)]
-pub struct DbSession {
-    /// A statement running longer than this is cancelled (0: no limit).
-    #[arg(long, env = "TETHER_DB_STATEMENT_TIMEOUT_SECS", default_value_t = DbSession::DEFAULT.statement_timeout_secs)]
-    pub statement_timeout_secs: u64,
-    /// A statement waiting longer than this for a lock fails (0: no limit).
-    #[arg(long, env = "TETHER_DB_LOCK_TIMEOUT_SECS", default_value_t = DbSession::DEFAULT.lock_timeout_secs)]
-    pub lock_timeout_secs: u64,
-}
-
-impl DbSession {
-    pub const DEFAULT: Self = Self { statement_timeout_secs: 60, lock_timeout_secs: 10 };
-}
-
-impl Default for DbSession {
-    fn default() -> Self {
-        Self::DEFAULT
-    }
 }
 
 /// Where customers' stores are and how they are addressed (contract §5),

@@ -7,13 +7,14 @@
 //! and in the `x-tether-reject-reason` header.
 
 use std::collections::BTreeSet;
-use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
+
+use crate::secrets::{self, Secret};
 
 pub const EXCHANGE: &str = "tether";
 pub const REQUEST_QUEUE: &str = "tether.import-requests";
@@ -28,26 +29,6 @@ pub const MAX_PREFIXES: usize = 1000;
 pub const MAX_PREFIX_BYTES: usize = 1024;
 pub const DEFAULT_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp"];
 pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 100 * 1024 * 1024;
-
-/// A string that must never be printed: `Debug` and `Display` show `******`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The secret itself, for the one place that must send it somewhere.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("******")
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -82,7 +63,10 @@ pub struct GcsSource {
 pub struct AzureSource {
     pub account: String,
     pub container: String,
-    pub sas_token: Secret,
+    /// The request's SAS token, without a leading `?`. `None` in a request
+    /// read back from Postgres, which keeps the token apart, sealed
+    /// ([`crate::secrets`]): the worker opens it when it opens the source.
+    pub sas_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,7 +236,7 @@ pub fn parse_request(
             ))
         }
     }
-    match validate(&value, &options) {
+    match validate(&value, &options, Form::Request) {
         Ok(request) => Ok(ValidRequest { request, digest }),
         Err(reason) => Err(reject(claim, reason)),
     }
@@ -301,7 +285,7 @@ fn write_canonical(value: &Value, out: &mut String) {
 
 type Check<T> = Result<T, String>;
 
-fn validate(value: &Value, options: &ValidationOptions) -> Check<ImportRequest> {
+fn validate(value: &Value, options: &ValidationOptions, form: Form) -> Check<ImportRequest> {
     let top = value.as_object().ok_or("the body is not a JSON object: send an ImportRequest object")?;
     let mut path = String::new();
     if find_nul(value, &mut path) {
@@ -339,7 +323,7 @@ fn validate(value: &Value, options: &ValidationOptions) -> Check<ImportRequest> 
         "copy" => Mode::Copy,
         other => return Err(format!("field `mode` is {other:?}: use \"link\" or \"copy\"")),
     };
-    let (source, prefixes) = validate_source(source_map(top.get("source"))?, options)?;
+    let (source, prefixes) = validate_source(source_map(top.get("source"))?, options, form)?;
     let filter = match top.get("filter") {
         None => Filter { extensions: default_extensions(), max_object_bytes: DEFAULT_MAX_OBJECT_BYTES },
         Some(f) => validate_filter(f)?,
@@ -474,7 +458,7 @@ pub fn validate_source_value(
     value: Option<&Value>,
     options: ValidationOptions,
 ) -> Result<(Source, Vec<String>), String> {
-    validate_source(source_map(value)?, &options)
+    validate_source(source_map(value)?, &options, Form::Request)
 }
 
 fn source_map(value: Option<&Value>) -> Check<&Map<String, Value>> {
@@ -484,7 +468,19 @@ fn source_map(value: Option<&Value>) -> Check<&Map<String, Value>> {
         .ok_or("field `source` is not an object: give provider, bucket and the provider's fields")?)
 }
 
-fn validate_source(map: &Map<String, Value>, options: &ValidationOptions) -> Check<(Source, Vec<String>)> {
+/// Which JSON is validated: a request as the platform sends it, or as
+/// Tether stored it ([`ImportRequest::to_stored_json`]: secrets left out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Request,
+    Stored,
+}
+
+fn validate_source(
+    map: &Map<String, Value>,
+    options: &ValidationOptions,
+    form: Form,
+) -> Check<(Source, Vec<String>)> {
     let provider = required_str(map, "source.", "provider")?;
     let source = match provider {
         "s3" => {
@@ -569,16 +565,18 @@ fn validate_source(map: &Map<String, Value>, options: &ValidationOptions) -> Che
                 container,
                 "an Azure container name: 3-63 lower-case letters, digits and single hyphens",
             )?;
-            let sas = required_str(map, "source.", "sas_token")?;
-            let sas = sas.strip_prefix('?').unwrap_or(sas);
-            if !sas.split('&').any(|p| p.starts_with("sig=")) || sas.chars().any(char::is_control) {
-                // The token itself is a secret: never quote it back.
-                return Err("field `source.sas_token` is not a SAS token (it has no sig= part): paste the container's SAS token with l and r permissions".into());
-            }
+            let sas_token = match form {
+                Form::Request => {
+                    let raw = required_str(map, "source.", "sas_token")?;
+                    // The token itself is a secret: never quote it back.
+                    Some(secrets::sas_token(raw).ok_or("field `source.sas_token` is not a SAS token (it has no sig= part): paste the container's SAS token with l and r permissions")?)
+                }
+                Form::Stored => None,
+            };
             Source::Azure(AzureSource {
                 account: account.to_owned(),
                 container: container.to_owned(),
-                sas_token: Secret::new(sas),
+                sas_token,
             })
         }
         other => {
@@ -806,7 +804,7 @@ impl ImportRequest {
     }
 
     /// Reads back what [`ImportRequest::to_stored_json`] wrote (secrets
-    /// excluded, so an Azure source comes back with an empty token).
+    /// excluded, so an Azure source comes back without its token).
     pub fn from_stored_json(value: &Value) -> Result<Self, String> {
         let mut top = value.as_object().cloned().ok_or("stored request is not an object")?;
         let prefixes = top.remove("prefixes").unwrap_or(Value::Null);
@@ -814,14 +812,11 @@ impl ImportRequest {
         if let Some(s) = source.as_object_mut() {
             s.retain(|_, v| !v.is_null());
             s.insert("prefixes".into(), prefixes);
-            if s.get("provider").and_then(Value::as_str) == Some("azure") {
-                s.insert("sas_token".into(), Value::String("sig=".into()));
-            }
         }
         top.insert("source".into(), source);
         top.insert("version".into(), Value::from(1));
         let options = ValidationOptions { gcs_allow_own_identity: true, destination_root: None };
-        validate(&Value::Object(top), &options)
+        validate(&Value::Object(top), &options, Form::Stored)
     }
 }
 
@@ -904,6 +899,25 @@ mod tests {
         assert_eq!(request.prefixes, vec!["a/".to_owned()]);
         let back = ImportRequest::from_stored_json(&request.to_stored_json()).expect("stored form");
         assert_eq!(back, request);
+
+        // An Azure request keeps its token typed; the stored form leaves it
+        // out and reads back as no token, not as a placeholder.
+        let body = br#"{"version":1,"import_id":"3f0c1f4e-8a55-4a36-9a34-3c0f4b1f2e10","workspace_id":"acme","dataset_id":"d","mode":"copy",
+          "source":{"provider":"azure","account":"acmestorage","container":"images","sas_token":"?sv=1&sp=rl&sig=SECRET"}}"#;
+        let request = parse_request(body, Some("application/json"), ValidationOptions::default())
+            .expect("valid")
+            .request;
+        let Source::Azure(azure) = &request.source else { panic!("an Azure source") };
+        assert_eq!(azure.sas_token.as_ref().map(Secret::expose), Some("sv=1&sp=rl&sig=SECRET"));
+        let stored = request.to_stored_json();
+        assert!(!stored.to_string().contains("SECRET"), "{stored}");
+        let back = ImportRequest::from_stored_json(&stored).expect("stored form");
+        let Source::Azure(azure) = &back.source else { panic!("an Azure source") };
+        assert_eq!(azure.sas_token, None);
+        assert_eq!(
+            (back.import_id, back.mode, back.prefixes),
+            (request.import_id, request.mode, request.prefixes)
+        );
     }
 
     #[test]

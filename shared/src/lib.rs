@@ -14,7 +14,8 @@
 //! - [`secrets`]: sealing the secrets Tether keeps (SAS tokens) with
 //!   `TETHER_SECRETS_KEY`.
 //! - [`signing`]: signed URLs of S3 and GCS objects (the access API).
-//! - [`task`]: the internal task message the scheduler and workers exchange.
+//! - [`task`]: the internal task message the scheduler and workers exchange,
+//!   and the vocabulary of a task's work (positions, pages, outcomes).
 //! - [`telemetry`]: logging set-up and the metrics every process exposes.
 //! - [`shutdown`]: one cancellation token flipped by SIGTERM / SIGINT.
 

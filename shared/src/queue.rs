@@ -18,10 +18,11 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::contract::{
-    Secret, EXCHANGE, REJECTED_QUEUE, REJECT_REASON_HEADER, REQUEST_QUEUE, ROUTING_CANCEL, ROUTING_FINISHED,
+    EXCHANGE, REJECTED_QUEUE, REJECT_REASON_HEADER, REQUEST_QUEUE, ROUTING_CANCEL, ROUTING_FINISHED,
     ROUTING_REQUEST,
 };
 use crate::model::rejection;
+use crate::secrets::Secret;
 use crate::task::{
     TaskKind, TaskMessage, REQUEST_DEAD_LETTER_QUEUE, RETRY_TIERS_SECS, TASK_DEAD_LETTER_QUEUE,
 };

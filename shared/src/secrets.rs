@@ -1,3 +1,8 @@
+//! Every secret Tether handles, in one place: the [`Secret`] type that never
+//! prints (database and broker URLs, API tokens, signed URLs, SAS tokens),
+//! how a secret is read from configuration and from a request (a SAS token,
+//! [`sas_token`]), and how the ones Tether keeps are sealed.
+//!
 //! Secrets that Tether must keep between the scheduler and the workers (an
 //! Azure request's SAS token) are stored in Postgres only sealed with
 //! `TETHER_SECRETS_KEY`: AES-256-GCM (ring), a random nonce per secret, and
@@ -16,7 +21,44 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::{hkdf, hmac};
 use uuid::Uuid;
 
-use crate::contract::Secret;
+/// A string that must never be printed: its `Debug` shows `******`, and it
+/// has no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself, for the one place that must send it somewhere.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("******")
+    }
+}
+
+/// A secret from the environment or the command line (clap): any text.
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret::new(s))
+    }
+}
+
+/// An Azure SAS token as a request carries it (contract §2), without the
+/// leading `?` a copied URL query has; `None` unless it is a SAS token (it
+/// has a `sig=` part, and no control character). The caller's message must
+/// not quote the value: it is the secret.
+pub fn sas_token(raw: &str) -> Option<Secret> {
+    let token = raw.strip_prefix('?').unwrap_or(raw);
+    let signed = token.split('&').any(|part| part.starts_with("sig="));
+    (signed && !token.chars().any(char::is_control)).then(|| Secret::new(token))
+}
 
 /// `TETHER_SECRETS_KEY`: 32 bytes, base64. Its `Debug` shows nothing.
 #[derive(Clone)]
@@ -107,6 +149,24 @@ impl SecretsKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_never_print_and_sas_tokens_are_recognised() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "******");
+        let parsed: Secret = "postgres://u:p@h/db".parse().unwrap_or_else(|never| match never {});
+        assert_eq!(parsed.expose(), "postgres://u:p@h/db");
+        let cases: [(&str, Option<&str>); 6] = [
+            ("sv=2022-11-02&sp=rl&sig=abc%2B", Some("sv=2022-11-02&sp=rl&sig=abc%2B")),
+            ("?sv=1&sig=x", Some("sv=1&sig=x")),
+            ("sig=x", Some("sig=x")),
+            ("sv=1&sp=rl", None),
+            ("sv=1&xsig=x", None),
+            ("sv=1&sig=x\n", None),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(sas_token(raw).as_ref().map(Secret::expose), expected, "{raw:?}");
+        }
+    }
 
     #[test]
     fn sealed_secrets_open_only_with_their_key_and_import() {

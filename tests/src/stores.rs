@@ -203,6 +203,24 @@ impl TestBucket {
         }
     }
 
+    /// Puts a blob whose name has `.` or `..` path segments (Azure only).
+    /// The name travels as one URL path segment, its `/`s encoded as `%2F`:
+    /// every URL parser (reqwest's too) folds a `..` segment, or its
+    /// `%2E%2E` spelling, away, but Azurite decodes the `%2F`s and stores
+    /// the name as given (`a/../b.jpg`).
+    pub async fn put_with_dot_segments(&self, key: &str, body: &[u8]) {
+        assert_eq!(self.provider, Provider::Azure, "only Azure names are sent this way");
+        let url =
+            format!("{}/{}?{}", self.container_url(), utf8_percent_encode(key, UNRESERVED), self.admin_sas());
+        let request = self
+            .http
+            .put(url)
+            .header("x-ms-blob-type", "BlockBlob")
+            .header("content-type", "application/octet-stream")
+            .body(body.to_vec());
+        check(request.send().await, &format!("upload {}", self.url(key))).await;
+    }
+
     /// A folder as the provider's console makes one: an empty `dir/` object
     /// on S3 and GCS; on Azure (whose blob names cannot end in `/`), an empty
     /// `dir` blob marked `hdi_isfolder`, as hierarchical-namespace accounts

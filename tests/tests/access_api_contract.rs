@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tether_api::ApiConfig;
 use tether_shared::config::{LogFormat, StoresConfig};
-use tether_shared::contract::Secret;
+use tether_shared::secrets::Secret;
 use tether_tests::api::{free_port, API_TOKEN};
 use tether_tests::{TestEnv, TEST_SECRETS_KEY};
 use tokio_util::sync::CancellationToken;

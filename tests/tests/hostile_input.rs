@@ -1,12 +1,13 @@
 //! Hostile input cannot stall intake or a listing (issue #13): a NUL in any
 //! request field, a value of 200 kB, a secret in a refused request, a key
-//! holding a NUL. Each is refused or failed alone, with a sentence, and the
-//! next import runs at once.
+//! holding a NUL, an Azure blob named with `.` or `..` segments. Each is
+//! refused or failed alone, with a sentence, and the next import runs at once.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tether_shared::model::rejection::MAX_REASON_BYTES;
+use tether_tests::stores::Provider;
 use tether_tests::TestEnv;
 
 fn gcs_request(env: &TestEnv, account: &str) -> Value {
@@ -139,5 +140,41 @@ async fn a_key_with_a_nul_fails_alone_and_the_rest_of_its_page_is_imported() {
     for key in ["n/a.jpg", "n/d.jpg", "n/z/f.jpg"] {
         assert!(images.contains_key(&format!("s3://{}/{key}", env.bucket)), "{key}: {images:?}");
     }
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_azure_blob_with_dot_segments_fails_alone_and_the_rest_of_its_page_is_imported() {
+    let env = TestEnv::new().await;
+    let container = env.bucket(Provider::Azure).await;
+    container
+        .put_all(&[("d/a.jpg".to_owned(), b"a".to_vec()), ("d/z/f.jpg".to_owned(), b"f".to_vec())])
+        .await;
+    let unaddressable = ["d/x/../c.jpg", "d/./e.jpg"];
+    for key in unaddressable {
+        container.put_with_dot_segments(key, key.as_bytes()).await;
+    }
+    let mut worker = env.worker_config();
+    worker.page_size = 3;
+    let fleet = env.start(vec![env.scheduler_config()], vec![worker]).await;
+    let id = env.submit(&container.request(&env, "dots", &["d/"])).await;
+    let status = env.wait_final_within(id, Duration::from_secs(60)).await;
+    assert_eq!(status["state"], "partially_succeeded", "{status}");
+    assert_eq!(status["objects_listed"], 4, "{status}");
+    assert_eq!(status["objects_imported"], 2, "{status}");
+    assert_eq!(status["objects_failed"], 2, "{status}");
+    let mut failures = env.failures(id).await;
+    failures.sort();
+    let mut expected: Vec<(String, String)> =
+        unaddressable.iter().map(|key| (container.url(key), "unsupported_key".to_owned())).collect();
+    expected.sort();
+    assert_eq!(failures, expected);
+    let images = env.images("dots").await;
+    assert_eq!(images.len(), 2, "{images:?}");
+    for key in ["d/a.jpg", "d/z/f.jpg"] {
+        assert!(images.contains_key(&container.url(key)), "{key}: {images:?}");
+    }
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(error.contains("unsupported_key"), "{error}");
     fleet.stop().await;
 }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tether_shared::config::DbSession;
-use tether_shared::contract::Secret;
 use tether_shared::db::Store;
+use tether_shared::secrets::Secret;
 use tether_tests::TestEnv;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

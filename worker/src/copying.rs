@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use backon::Retryable;
 use tether_shared::contract::ImportRequest;
-use tether_shared::db::tasks::{CopyItem, CopyOutcome, FailureRow, TaskContext};
 use tether_shared::db::DbError;
 use tether_shared::destination::{object_key, verified, Destination, DestinationError};
 use tether_shared::model::{retry, FailureCode, Scope};
 use tether_shared::storage::ranged::RangedReads;
 use tether_shared::storage::{ObjectSource, StorageError};
+use tether_shared::task::{CopyItem, CopyOutcome, FailureRow, TaskContext};
 use tokio::sync::Semaphore;
 
 use tether_shared::telemetry::metrics;
@@ -42,7 +42,7 @@ impl Copier {
 
     /// Copies a batch; `Err` when an object's failure concerns the whole
     /// import (the bucket is gone, the role refused), which then fails once.
-    async fn copy_all(
+    pub(crate) async fn copy_all(
         &self,
         source: &Arc<dyn ObjectSource>,
         request: &ImportRequest,
@@ -71,7 +71,7 @@ impl Copier {
                 .ranged
                 .read(Arc::clone(source), &item.key, item.etag.as_deref(), size, url.clone())
                 .await?;
-            self.destination.write(&key, size, verified(body, size, url.clone())).await
+            self.destination.write(&key, verified(body, size, url.clone())).await
         };
         let result = attempt
             .retry(retry::object(self.max_attempts))

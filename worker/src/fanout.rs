@@ -18,8 +18,8 @@
 //! stores do not all place prefixes alike (fake-gcs-server returns every
 //! prefix on the first page, beyond the objects listed so far).
 
-use tether_shared::db::tasks::{FanOut, ListBudget};
 use tether_shared::storage::ListPage;
+use tether_shared::task::{FanOut, ListBudget};
 
 /// What a delimited page adds, given the import's `budget` and `cap`.
 pub(crate) fn plan(page: &ListPage, budget: &ListBudget, cap: i64) -> FanOut {

@@ -20,6 +20,8 @@
 mod copying;
 mod fanout;
 mod listing;
+#[cfg(test)]
+mod outcomes;
 mod page;
 mod split;
 
@@ -37,7 +39,6 @@ use tether_shared::config::CommonConfig;
 use tether_shared::contract::destination_root;
 use tether_shared::credentials::gcp::GcpTokens;
 use tether_shared::credentials::sts::StsCredentials;
-use tether_shared::db::tasks::{Batching, FailureRow, TaskContext, Work};
 use tether_shared::db::{DbError, Store};
 use tether_shared::destination::{self, DestinationError, Parts};
 use tether_shared::model::failure::storable;
@@ -49,7 +50,7 @@ use tether_shared::storage::gcs::{GcsApi, GcsSources};
 use tether_shared::storage::ranged::RangedReads;
 use tether_shared::storage::s3::S3Sources;
 use tether_shared::storage::{ObjectSource, Sources, StorageError};
-use tether_shared::task::{TaskKind, TaskMessage};
+use tether_shared::task::{Batching, FailureRow, TaskContext, TaskKind, TaskMessage, Work};
 use tether_shared::telemetry::{self, metrics, Readiness};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;

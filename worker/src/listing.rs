@@ -4,11 +4,10 @@
 use backon::Retryable;
 use tether_shared::contract::{Mode, Source};
 use tether_shared::credentials::CredentialError;
-use tether_shared::db::tasks::{FailureRow, FanOut, ListPosition, PageCommit, TaskContext};
 use tether_shared::db::DbError;
 use tether_shared::model::{retry, FailureCode, Scope};
 use tether_shared::storage::{ListPage, ListQuery, ObjectSource, StorageError, DELIMITER};
-use tether_shared::task::{TaskKind, TaskMessage};
+use tether_shared::task::{FailureRow, FanOut, ListPosition, PageCommit, TaskContext, TaskKind, TaskMessage};
 
 use tether_shared::telemetry::metrics;
 

@@ -4,10 +4,10 @@
 //! URLs formed.
 
 use tether_shared::contract::{ImportRequest, Source};
-use tether_shared::db::tasks::{FailureRow, ImageRow, PageResult};
 use tether_shared::model::failure::{storable, unsupported_key};
 use tether_shared::model::FailureCode;
 use tether_shared::storage::ListPage;
+use tether_shared::task::{FailureRow, ImageRow, PageResult};
 
 /// The page's objects before `until` (all of them if `None`): from `until`
 /// on, the task lists again recursively (see [`crate::fanout`]).

@@ -6,7 +6,7 @@
 //! key (the next values of its last varying characters, so zero-padded
 //! numbers, hex names and words split alike), a one-key probe listing at
 //! each tells which parts hold objects, and each non-empty part becomes a
-//! listing task of its own ([`tether_shared::db::tasks::FanOut::split_at`]).
+//! listing task of its own ([`tether_shared::task::FanOut::split_at`]).
 //! A part's own first page splits it again when it is still long, so a
 //! chain of N pages becomes about log(N) rounds of parallel chains.
 //!

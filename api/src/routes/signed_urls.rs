@@ -119,7 +119,7 @@ pub(crate) async fn sign(
             .map(|image| {
                 let url = urls::proxy_url(&state, image.image_id, validity.expires_at);
                 Ok(SignedUrl {
-                    url: tether_shared::contract::Secret::new(url),
+                    url: tether_shared::secrets::Secret::new(url),
                     expires_at: validity.expires_at,
                 })
             })

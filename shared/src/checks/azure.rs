@@ -67,7 +67,19 @@ pub(super) async fn check(
     request: &CheckRequest,
     clock: &Clock,
 ) -> Report {
-    let sas = SasFields::parse(source.sas_token.expose());
+    let Some(token) = &source.sas_token else {
+        let why = "The source has no SAS token, so nothing was tried: add sas_token";
+        let missing = Check::fail(
+            SAS_PERMISSIONS,
+            "The source has no SAS token: paste the container's SAS token with r and l permissions",
+        );
+        let skipped = |name| Check::skipped(name, why);
+        return Report::new(
+            None,
+            vec![missing, skipped(SAS_EXPIRY), skipped(super::LIST), skipped(super::READ)],
+        );
+    };
+    let sas = SasFields::parse(token.expose());
     let (permissions, allowed) = sas_permissions(&sas);
     let expiry = sas_expiry(&sas, request.mode, Utc::now());
     let [list, read] = if expiry.status == super::Status::Fail {
@@ -79,7 +91,7 @@ pub(super) async fn check(
     } else {
         let no_read = (!allowed.read)
             .then_some("The SAS token may not read, so no blob was read: fix sas_permissions first");
-        let container = checker.azure.open(source);
+        let container = checker.azure.open(source, token.clone());
         let whole = Source::Azure(source.clone());
         list_and_read(&container, "Azure Blob", &whole, &request.prefixes, no_read, clock).await
     };

@@ -21,7 +21,7 @@ use gcp_auth::TokenProvider;
 
 use super::slots::Slots;
 use super::CredentialError;
-use crate::contract::Secret;
+use crate::secrets::Secret;
 use crate::telemetry::metrics;
 
 /// Read-write access to Cloud Storage: only for the destination of copies.

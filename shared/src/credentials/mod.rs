@@ -32,3 +32,20 @@ impl CredentialError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Scope;
+
+    #[test]
+    fn credential_errors_by_scope() {
+        let cases = [
+            (CredentialError::Refused { sentence: "AssumeRole was denied".into() }, Scope::Import),
+            (CredentialError::Unavailable("STS timed out".into()), Scope::Transient),
+        ];
+        for (error, scope) in cases {
+            assert_eq!(error.scope(), scope, "{error:?}");
+        }
+    }
+}

@@ -4,9 +4,10 @@
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::tasks::{insert_copy_task, CopyItem};
+use super::tasks::insert_copy_task;
 use super::wakeups::wake_scheduler;
 use super::{DbError, Store};
+use crate::task::CopyItem;
 
 /// Which imports `tetherctl list` shows.
 #[derive(Debug, Clone, Default)]

@@ -32,7 +32,29 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::DbError;
-use crate::config::DbSession;
+
+/// What every Postgres connection of a process is limited to. TLS is asked
+/// for in `TETHER_DATABASE_URL` itself (`sslmode=require`, `verify-ca`,
+/// `verify-full`, with `sslrootcert`), as libpq does.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct DbSession {
+    /// A statement running longer than this is cancelled (0: no limit).
+    #[arg(long, env = "TETHER_DB_STATEMENT_TIMEOUT_SECS", default_value_t = DbSession::DEFAULT.statement_timeout_secs)]
+    pub statement_timeout_secs: u64,
+    /// A statement waiting longer than this for a lock fails (0: no limit).
+    #[arg(long, env = "TETHER_DB_LOCK_TIMEOUT_SECS", default_value_t = DbSession::DEFAULT.lock_timeout_secs)]
+    pub lock_timeout_secs: u64,
+}
+
+impl DbSession {
+    pub const DEFAULT: Self = Self { statement_timeout_secs: 60, lock_timeout_secs: 10 };
+}
+
+impl Default for DbSession {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
 
 /// A parsed database URL: what tokio-postgres connects with, and the TLS
 /// connector if the URL asked for TLS.

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod audit;
 pub mod budgets;
 mod connect;
+pub use connect::DbSession;
 pub mod dispatch;
 pub mod events;
 pub mod imports;
@@ -22,9 +23,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::NoTls;
 
-use crate::config::DbSession;
-use crate::contract::Secret;
 use crate::model::scope::sqlstate_is_transient;
+use crate::secrets::Secret;
 
 /// Migrations in the order they apply; each runs once, recorded in
 /// `tether.schema_migrations`.
@@ -198,5 +198,28 @@ impl Store {
     pub async fn ping(&self) -> Result<(), DbError> {
         self.client().await?.simple_query("SELECT 1").await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which database errors are retried; a refused statement goes by its
+    /// SQLSTATE ([`sqlstate_is_transient`], tested with the model).
+    #[test]
+    fn database_errors_by_transience() {
+        let cases = [
+            (
+                DbError::Pool(deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)),
+                true,
+            ),
+            (DbError::Pool(deadpool_postgres::PoolError::Closed), true),
+            (DbError::BadUrl("no host".into()), false),
+            (DbError::Corrupt("copy task items".into()), false),
+        ];
+        for (error, transient) in cases {
+            assert_eq!(error.is_transient(), transient, "{error:?}");
+        }
     }
 }

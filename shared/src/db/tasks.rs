@@ -1,4 +1,5 @@
-//! Queries on tasks: loading one for a message, committing a listed page
+//! Queries on tasks (what a task is and does, [`crate::task`], is kept
+//! apart from the SQL here): loading one for a message, committing a listed page
 //! (references or copy tasks, sub-prefix tasks, counters and checkpoint in
 //! one transaction), committing a copied batch, recording failures, and
 //! finding tasks whose message was lost.
@@ -18,7 +19,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -26,7 +26,10 @@ use super::request_cache::CachedRequest;
 use super::{DbError, Store};
 use crate::contract::{ImportRequest, Mode};
 use crate::model::FailureCode;
-use crate::task::{TaskKind, TaskMessage};
+use crate::task::{
+    Batching, CopyItem, CopyOutcome, FailureRow, FanOut, ImageRow, ListBudget, ListPosition, PageCommit,
+    PageResult, TaskContext, TaskKind, TaskMessage, Work,
+};
 
 /// Namespace of the UUIDv5s that identify images and failures.
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5d1f_6c3e_8a2b_4c71_9e0d_7b3a_1f42_e8c6);
@@ -59,146 +62,6 @@ fn failure_key(source_url: &str) -> Uuid {
 /// The id of the listing task of a sub-prefix met by a delimited listing.
 pub fn sub_prefix_task_id(import_id: Uuid, prefix: &str) -> Uuid {
     Uuid::new_v5(&ID_NAMESPACE, format!("{import_id}\nlist\n{prefix}").as_bytes())
-}
-
-/// A task that a message may advance, with its import's request.
-#[derive(Debug, Clone)]
-pub struct TaskContext {
-    pub message: TaskMessage,
-    pub import_id: Uuid,
-    pub work: Work,
-    /// The request as stored (parsed once per import and process): an
-    /// Azure source's SAS token is in `sealed_secret`, not here.
-    pub request: Arc<ImportRequest>,
-    /// What the scheduler sealed for this import (an Azure SAS token).
-    pub sealed_secret: Option<Vec<u8>>,
-}
-
-/// Where a listing task is: the next page of `prefix`, from `continuation`,
-/// with the delimiter if `delimited`, and only keys from `start_at` on and
-/// before `end_before`.
-#[derive(Debug, Clone)]
-pub struct ListPosition {
-    pub prefix: String,
-    pub continuation: Option<String>,
-    pub delimited: bool,
-    pub start_at: Option<String>,
-    pub end_before: Option<String>,
-}
-
-/// What a task does.
-#[derive(Debug, Clone)]
-pub enum Work {
-    /// List the next page.
-    List(ListPosition),
-    /// Copy these objects.
-    Copy { items: Vec<CopyItem> },
-}
-
-/// An object a copy task copies, as the listing described it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CopyItem {
-    pub key: String,
-    pub size: i64,
-    pub etag: Option<String>,
-    pub last_modified: Option<DateTime<Utc>>,
-}
-
-/// How a listed page's objects to copy are cut into copy tasks, so that
-/// each task ends well within the broker's delivery timeout.
-#[derive(Debug, Clone, Copy)]
-pub struct Batching {
-    pub max_objects: usize,
-    pub max_bytes: i64,
-}
-
-/// What became of one object of a copy task.
-#[derive(Debug, Clone)]
-pub struct CopyOutcome {
-    pub item: CopyItem,
-    /// The stored URL, or why the copy failed.
-    pub result: Result<String, FailureRow>,
-}
-
-/// An object from a listing page that passed the filters.
-#[derive(Debug, Clone)]
-pub struct ImageRow {
-    pub source_url: String,
-    pub size_bytes: i64,
-    pub etag: Option<String>,
-    pub last_modified: Option<DateTime<Utc>>,
-}
-
-/// A failed object, or a failed prefix.
-#[derive(Debug, Clone)]
-pub struct FailureRow {
-    pub source_url: String,
-    pub code: FailureCode,
-    pub message: String,
-    pub attempts: i32,
-    /// The object, for a copy that `tetherctl requeue` may try again.
-    pub object: Option<CopyItem>,
-}
-
-/// One listed page, ready to be committed.
-#[derive(Debug, Default)]
-pub struct PageResult {
-    /// Objects seen, folder markers excluded.
-    pub listed: i64,
-    /// Left out by the extension filter.
-    pub filtered: i64,
-    pub images: Vec<ImageRow>,
-    pub failures: Vec<FailureRow>,
-    /// Continuation token of the next page; `None` when this was the last.
-    pub next: Option<String>,
-}
-
-/// What a delimited page adds: listing tasks for its new sub-prefixes and,
-/// once the import's cap on listing tasks is reached, the key from which the
-/// task lists the rest of its prefix without the delimiter.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct FanOut {
-    /// Sub-prefixes that become listing tasks.
-    pub sub_prefixes: Vec<String>,
-    /// Set: the task goes on recursively from this key (the page's
-    /// [`PageResult`] holds only what lies before it).
-    pub recursive_from: Option<String>,
-    /// The import's cap on listing tasks, if the new tasks must stay within
-    /// it; `None` to add them regardless (see the worker's fan-out plan).
-    pub cap: Option<i64>,
-    /// Keys, in order, at which the rest of the task's key range is split:
-    /// the task ends before the first, and each starts a task of its own
-    /// that ends before the next (the last where the task ended).
-    pub split_at: Vec<String>,
-}
-
-/// How many listing tasks an import has, and which of a page's sub-prefixes
-/// already have theirs.
-#[derive(Debug, Default)]
-pub struct ListBudget {
-    pub list_tasks: i64,
-    pub existing: std::collections::HashSet<String>,
-}
-
-/// What committing a page did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum PageCommit {
-    /// The message was stale (page already done, task or import ended).
-    Stale,
-    /// Other tasks took the room under the cap meanwhile: plan again.
-    OverCap,
-    Committed {
-        imported: i64,
-        unchanged: i64,
-        /// The listing message to publish after the commit: the next page,
-        /// or, when this task ended, the sub-prefix task that took its slot.
-        next: Option<TaskMessage>,
-        /// Copy tasks made from this page (copy mode), recorded held: the
-        /// scheduler releases them within the fair share ([`super::dispatch`]).
-        copy_tasks: usize,
-        /// Listing tasks of new sub-prefixes, recorded held likewise.
-        sub_prefix_tasks: usize,
-    },
 }
 
 impl Store {

@@ -41,7 +41,7 @@ impl FileDestination {
 
 #[async_trait::async_trait]
 impl Destination for FileDestination {
-    async fn write(&self, key: &str, _size: u64, mut chunks: ByteChunks) -> Result<String, DestinationError> {
+    async fn write(&self, key: &str, mut chunks: ByteChunks) -> Result<String, DestinationError> {
         // `key` comes from `object_key`: plain segments, no `..`.
         let path = self.root.join(key);
         let dir = path.parent().unwrap_or(&self.root);

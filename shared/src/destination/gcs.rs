@@ -150,7 +150,7 @@ impl GcsDestination {
 
 #[async_trait::async_trait]
 impl Destination for GcsDestination {
-    async fn write(&self, key: &str, _size: u64, mut chunks: ByteChunks) -> Result<String, DestinationError> {
+    async fn write(&self, key: &str, mut chunks: ByteChunks) -> Result<String, DestinationError> {
         let key = if self.prefix.is_empty() { key.to_owned() } else { format!("{}/{key}", self.prefix) };
         // One part buffered per copy, within the worker's part budget.
         let _permit = self.parts.permit().await?;

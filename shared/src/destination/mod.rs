@@ -12,6 +12,8 @@
 
 pub mod file;
 pub mod gcs;
+#[cfg(any(test, feature = "testing"))]
+pub mod memory;
 pub mod s3;
 mod verify;
 
@@ -79,7 +81,10 @@ pub enum CopyAt {
 pub trait Destination: Send + Sync + fmt::Debug {
     /// Writes the whole stream at `key`, or nothing at all: a stream that
     /// ends in an error leaves no object behind. Returns the stored URL.
-    async fn write(&self, key: &str, size: u64, chunks: ByteChunks) -> Result<String, DestinationError>;
+    /// The size is not asked for: the caller wraps the source in
+    /// [`verified`], which ends the stream in an error unless it holds
+    /// exactly the listed bytes.
+    async fn write(&self, key: &str, chunks: ByteChunks) -> Result<String, DestinationError>;
 
     /// Where the copy at `stored_url` lies, or `None` if that URL is not
     /// inside this destination.

@@ -163,7 +163,7 @@ fn write_error<E: std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>
 
 #[async_trait::async_trait]
 impl Destination for S3Destination {
-    async fn write(&self, key: &str, _size: u64, mut chunks: ByteChunks) -> Result<String, DestinationError> {
+    async fn write(&self, key: &str, mut chunks: ByteChunks) -> Result<String, DestinationError> {
         let key = if self.prefix.is_empty() { key.to_owned() } else { format!("{}/{key}", self.prefix) };
         let permit = self.parts.permit().await?;
         let (first, ended) = fill(&mut chunks, self.parts.bytes).await?;

@@ -15,9 +15,9 @@ use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use sha2::{Digest, Sha256};
 
 use super::{SignError, SignedUrl, Signer, Validity};
-use crate::contract::Secret;
 use crate::credentials::gcp::GcpTokens;
 use crate::credentials::CredentialError;
+use crate::secrets::Secret;
 use crate::storage::gcs::GcsApi;
 use crate::storage::UNRESERVED;
 

@@ -15,8 +15,8 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::contract::Secret;
 use crate::credentials::CredentialError;
+use crate::secrets::Secret;
 
 /// When a URL is to be valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,9 +16,9 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use chrono::{DateTime, Utc};
 
 use super::{SignError, SignedUrl, Signer, Validity};
-use crate::contract::Secret;
 use crate::credentials::CredentialError;
 use crate::destination::s3::platform_client;
+use crate::secrets::Secret;
 use crate::storage::s3::S3Bucket;
 
 /// A URL ends this long before the session it was signed with: clocks

@@ -16,7 +16,8 @@ use super::{
     http_body, unreachable, ByteRange, ListPage, ListQuery, ObjectBody, ObjectMeta, ObjectSource,
     StorageError, DOWNLOAD_TIMEOUT, UNRESERVED,
 };
-use crate::contract::{AzureSource, Secret};
+use crate::contract::AzureSource;
+use crate::secrets::Secret;
 
 /// Where accounts live unless `TETHER_AZURE_BLOB_ENDPOINT` says otherwise.
 pub const DEFAULT_ENDPOINT: &str = "https://{account}.blob.core.windows.net";
@@ -39,13 +40,15 @@ impl AzureSources {
         Self { http, endpoint: endpoint.trim_end_matches('/').to_owned() }
     }
 
-    pub fn open(&self, source: &AzureSource) -> AzureContainer {
+    /// The container of `source`, read with `sas` (the request's token, or
+    /// the one the scheduler sealed for the import).
+    pub fn open(&self, source: &AzureSource, sas: Secret) -> AzureContainer {
         let account = self.endpoint.replace("{account}", &source.account);
         AzureContainer {
             http: self.http.clone(),
             container_url: format!("{account}/{}", source.container),
             name: format!("azure://{}/{}", source.account, source.container),
-            sas: Secret::new(source.sas_token.expose().trim_start_matches('?')),
+            sas,
         }
     }
 }

@@ -6,6 +6,8 @@
 pub mod azure;
 pub mod budget;
 pub mod gcs;
+#[cfg(any(test, feature = "testing"))]
+pub mod memory;
 pub mod ranged;
 pub mod s3;
 
@@ -19,10 +21,10 @@ use futures_util::Stream;
 
 use uuid::Uuid;
 
-use crate::contract::{Secret, Source};
+use crate::contract::Source;
 use crate::credentials::CredentialError;
 use crate::model::{FailureCode, Scope};
-use crate::secrets::SecretsKey;
+use crate::secrets::{Secret, SecretsKey};
 
 /// An object as a listing describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,11 +289,7 @@ impl Sources {
         match source {
             Source::S3(s) => Ok(Arc::new(self.s3.open(s).await?)),
             Source::Gcs(s) => Ok(Arc::new(self.gcs.open(s))),
-            Source::Azure(s) => {
-                let mut s = s.clone();
-                s.sas_token = self.reveal(import_id, sealed_secret)?;
-                Ok(Arc::new(self.azure.open(&s)))
-            }
+            Source::Azure(s) => Ok(Arc::new(self.azure.open(s, self.reveal(import_id, sealed_secret)?))),
         }
     }
 
@@ -380,4 +378,73 @@ pub(crate) fn http_body(response: reqwest::Response, md5: Option<[u8; 16]>, url:
         }
     });
     ObjectBody { size, total, md5, chunks: Box::pin(chunks) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memory::{MemorySource, Read};
+    use super::*;
+
+    /// The one classifier of storage errors: scope and failure code of
+    /// each variant.
+    #[test]
+    fn every_storage_error_has_its_scope_and_code() {
+        let s = String::new;
+        let refused = || CredentialError::Refused { sentence: s() };
+        let cases: Vec<(StorageError, Scope, FailureCode)> = vec![
+            (StorageError::BucketNotFound(s()), Scope::Import, FailureCode::NotFound),
+            (StorageError::AccessDenied(s()), Scope::Object, FailureCode::AccessDenied),
+            (StorageError::ObjectNotFound(s()), Scope::Object, FailureCode::NotFound),
+            (StorageError::Changed(s()), Scope::Object, FailureCode::ChangedDuringCopy),
+            (StorageError::Corrupt(s()), Scope::Object, FailureCode::ChecksumMismatch),
+            (StorageError::CredentialsExpired(s()), Scope::Transient, FailureCode::AccessDenied),
+            (StorageError::Credentials(refused()), Scope::Import, FailureCode::AccessDenied),
+            (
+                StorageError::Credentials(CredentialError::Unavailable(s())),
+                Scope::Transient,
+                FailureCode::Unavailable,
+            ),
+            (StorageError::Throttled(s()), Scope::Transient, FailureCode::Throttled),
+            (StorageError::Unavailable(s()), Scope::Transient, FailureCode::Unavailable),
+        ];
+        for (error, scope, code) in cases {
+            assert_eq!((error.scope(), error.code()), (scope, code), "{error:?}");
+            assert_eq!(error.is_transient(), scope == Scope::Transient, "{error:?}");
+        }
+    }
+
+    fn query<'a>(prefix: &'a str, token: Option<&'a str>, delimiter: Option<&'a str>) -> ListQuery<'a> {
+        ListQuery { prefix, token, max_keys: 2, delimiter, start_at: None, end_before: None }
+    }
+
+    #[tokio::test]
+    async fn the_memory_source_lists_in_pages_and_reads_by_etag() {
+        let source = MemorySource::default()
+            .with("a/1.jpg", b"one")
+            .with("a/2.jpg", b"two")
+            .with("a/3.jpg", b"three")
+            .with("a/sub/4.jpg", b"four")
+            .with("b/5.jpg", b"five")
+            .with_read("a/gone.jpg", b"x", Read::Fails(|k| StorageError::ObjectNotFound(k.to_owned())));
+        let keys = |page: &ListPage| page.objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>();
+        let first = source.list_page(query("a/", None, None)).await.expect("a page");
+        assert_eq!(keys(&first), ["a/1.jpg", "a/2.jpg"]);
+        let second = source.list_page(query("a/", first.next.as_deref(), None)).await.expect("a page");
+        assert_eq!(keys(&second), ["a/3.jpg", "a/gone.jpg"]);
+        let last = source.list_page(query("a/", second.next.as_deref(), None)).await.expect("a page");
+        assert_eq!((keys(&last), last.next), (vec!["a/sub/4.jpg".to_owned()], None));
+        let delimited = source.list_page(ListQuery { max_keys: 10, ..query("a/", None, Some("/")) }).await;
+        assert_eq!(delimited.expect("a page").prefixes, ["a/sub/"]);
+
+        let etag = first.objects[0].etag.clone();
+        let body = source.read("a/1.jpg", etag.as_deref(), None).await.expect("read");
+        assert_eq!((body.size, body.total), (3, 3));
+        let range = source.read("a/3.jpg", None, Some(ByteRange { first: 1, last: 2 })).await.expect("read");
+        assert_eq!((range.size, range.total), (2, 5));
+        let changed = source.read("a/1.jpg", Some("other"), None).await.expect_err("changed");
+        assert!(matches!(changed, StorageError::Changed(_)), "{changed:?}");
+        let missing = source.read("a/none.jpg", None, None).await.expect_err("missing");
+        assert!(matches!(missing, StorageError::ObjectNotFound(_)), "{missing:?}");
+        assert!(source.read("a/gone.jpg", None, None).await.is_err());
+    }
 }

@@ -1,12 +1,18 @@
 //! What operators see of a process: logs (human-readable or JSON lines,
 //! filtered by `RUST_LOG`, default `info`; secrets never reach them because
-//! they are [`crate::contract::Secret`]s, whose `Debug` is `******`), the
+//! they are [`crate::secrets::Secret`]s, whose `Debug` is `******`), the
 //! Prometheus metrics defined in one place ([`metrics`]), and the HTTP
 //! endpoints `/metrics`, `/healthz`, `/readyz` ([`serve`]).
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
 
 /// Installs the global subscriber. Call once, from `main`.
 pub fn init_logging(format: LogFormat) {
