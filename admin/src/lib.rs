@@ -29,7 +29,6 @@ use tether_shared::db::imports::Cancelled;
 use tether_shared::db::{DbError, Store};
 use tether_shared::queue::{self, Publisher, QueueError};
 use tether_shared::secrets::Secret;
-use tether_shared::task::TaskKind;
 use uuid::Uuid;
 
 #[derive(Debug, Parser)]
@@ -38,7 +37,7 @@ struct Cli {
     /// Postgres URL.
     #[arg(long, env = "TETHER_DATABASE_URL", hide_env_values = true, global = true)]
     database_url: Option<Secret>,
-    /// RabbitMQ URL (submit, requeue).
+    /// RabbitMQ URL (submit).
     #[arg(long, env = "TETHER_AMQP_URL", hide_env_values = true, global = true)]
     amqp_url: Option<Secret>,
     /// Print JSON instead of a table.
@@ -313,7 +312,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Requeue { import_id, who } => {
             let store = store(&cli)?;
             let entry = (AuditAction::Requeue, Some(*import_id));
-            println!("{}", audited(&store, who, entry, requeue(&cli, &store, *import_id)).await?);
+            println!("{}", audited(&store, who, entry, requeue(&store, *import_id)).await?);
         }
         Command::Cancel { import_id, who } => {
             let store = store(&cli)?;
@@ -420,16 +419,10 @@ async fn audited(
     result
 }
 
-async fn requeue(cli: &Cli, store: &Store, import_id: Uuid) -> Result<String, CtlError> {
+async fn requeue(store: &Store, import_id: Uuid) -> Result<String, CtlError> {
     match store.requeue_import(import_id).await? {
-        Requeued::Requeued { prefixes, objects, tasks } => {
-            let publisher = publisher(cli).await?;
-            for kind in TaskKind::ALL {
-                let messages: Vec<_> = tasks.iter().filter(|(k, _)| *k == kind).map(|(_, m)| *m).collect();
-                if !messages.is_empty() {
-                    publisher.publish_tasks(kind, &messages).await?;
-                }
-            }
+        // Its tasks are held: the scheduler releases them within the fair share.
+        Requeued::Requeued { prefixes, objects } => {
             Ok(format!("requeued {import_id}: {prefixes} prefix(es) and {objects} object(s) run again"))
         }
         Requeued::NotFound => Err(CtlError::NotFound(import_id)),

@@ -6,10 +6,9 @@
 //! at most 3). The big imports are cancelled once measured.
 //!
 //! The fleet (release binaries, one scheduler, two workers with four copy
-//! slots) runs with `TETHER_FAIR_IMPORT_TASKS=4`, its copy slots, as
-//! `docs/fair-share.md` tells operators, and the default copy tasks of 20
-//! objects: a newcomer waits for a slot to free, so for at most one task of
-//! the others (no task is cut short).
+//! slots) runs at the default fair share and the default copy tasks of 20
+//! objects: the task queues stay shallow, so a newcomer waits for about one
+//! task of the others (no task is cut short).
 
 use std::time::{Duration, Instant};
 
@@ -34,14 +33,7 @@ pub(crate) async fn run(env: &TestEnv) -> Vec<Measurement> {
     env.put("fair-one/a.jpg", b"a").await;
     eprintln!("fairness: seeded in {:.0} s", started.elapsed().as_secs_f64());
     let dir = std::env::temp_dir().join(format!("tether-bench-fair-{}", env.id));
-    let fleet = Fleet::start(
-        env,
-        &[
-            ("TETHER_DESTINATION", format!("file://{}", dir.display())),
-            ("TETHER_FAIR_IMPORT_TASKS", "4".into()),
-        ],
-    )
-    .await;
+    let fleet = Fleet::start(env, &[("TETHER_DESTINATION", format!("file://{}", dir.display()))]).await;
     let small = ["fair-small/".to_owned()];
     let mut measurements = pair(
         env,

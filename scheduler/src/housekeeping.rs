@@ -4,7 +4,9 @@
 //!
 //! 1. Finish imports whose tasks have all ended (state, error, event).
 //! 2. Release held tasks within the fair share and publish them
-//!    ([`tether_shared::db::dispatch`]).
+//!    ([`tether_shared::db::dispatch`]), no more of a kind than its task
+//!    queue has room for (a passive declare tells its ready messages and
+//!    consumers).
 //! 3. Publish the FinishedEvent outbox, marking events once confirmed.
 //! 4. Re-publish pending tasks whose message went out long ago without
 //!    progress since: the message may have been lost.
@@ -98,7 +100,9 @@ impl Keeper {
         // Finishing first: an import whose last task just ended is final
         // without waiting for the releases of the others.
         self.store.finish_ready_imports().await?;
-        let released = self.store.release_tasks(self.share).await?;
+        let room = self.queue_room().await?;
+        let room_of = |kind| room.iter().find(|(k, _)| *k == kind).map_or(i64::MAX, |(_, n)| *n);
+        let released = self.store.release_tasks(self.share, room_of).await?;
         // Committed already: if publishing fails, step 4 re-publishes them.
         self.publish_tasks(&released).await?;
         if self.last_gauges.is_none_or(|t| t.elapsed() >= GAUGE_INTERVAL) {
@@ -116,6 +120,24 @@ impl Keeper {
             tracing::info!(imports = pruned, "Deleted the task rows of imports past the retention.");
         }
         Ok(())
+    }
+
+    /// How many tasks of each kind the release may publish: what its queue
+    /// lacks of its depth, as the broker says now (no entry: no limit).
+    /// Several schedulers may each fill the same room (their passes read
+    /// the broker apart): the caps still hold.
+    async fn queue_room(&self) -> Result<Vec<(TaskKind, i64)>, SchedulerError> {
+        let m = metrics();
+        let mut room = Vec::new();
+        for kind in TaskKind::ALL {
+            let load = self.link.publisher()?.queue_load(kind.queue()).await?;
+            m.fair_queue_ready.with_label_values(&[kind.as_str()]).set(i64::from(load.ready));
+            if let Some(depth) = self.share.queue_depth(load.consumers) {
+                m.fair_queue_depth.with_label_values(&[kind.as_str()]).set(depth);
+                room.push((kind, (depth - i64::from(load.ready)).max(0)));
+            }
+        }
+        Ok(room)
     }
 
     async fn publish_tasks(&self, tasks: &[(TaskKind, TaskMessage)]) -> Result<(), SchedulerError> {
@@ -141,8 +163,8 @@ impl Keeper {
         m.oldest_running_import_age.set(gauges.oldest_running_age_secs);
         m.oldest_pending_task_age.set(gauges.oldest_pending_task_age_secs);
         for queue in WATCHED_QUEUES {
-            let depth = self.link.publisher()?.queue_depth(queue).await?;
-            m.queue_messages.with_label_values(&[queue]).set(i64::from(depth));
+            let load = self.link.publisher()?.queue_load(queue).await?;
+            m.queue_messages.with_label_values(&[queue]).set(i64::from(load.ready));
         }
         self.read_fair_share().await
     }

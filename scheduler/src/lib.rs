@@ -51,15 +51,20 @@ pub struct SchedulerConfig {
     #[arg(long, env = "TETHER_TASK_REPUBLISH_AFTER_SECS", default_value_t = 300.0)]
     pub republish_after_secs: f64,
     /// Fair share: tasks of one kind (list, copy) of one import released to
-    /// RabbitMQ at once; the rest wait in Postgres. About the fleet's slots
-    /// (workers x TETHER_WORKER_CONCURRENCY for listing) lets a lone import
-    /// use the whole fleet; less makes newcomers wait less behind it.
+    /// RabbitMQ at once (queued or in a worker's hands); the rest wait in
+    /// Postgres. An upper bound: the queue depth below keeps fewer queued.
     #[arg(long, env = "TETHER_FAIR_IMPORT_TASKS", default_value_t = 32, value_parser = clap::value_parser!(i64).range(1..))]
     pub fair_import_tasks: i64,
     /// Fair share: tasks of one kind of one workspace released at once,
     /// all its imports together (at least TETHER_FAIR_IMPORT_TASKS).
     #[arg(long, env = "TETHER_FAIR_WORKSPACE_TASKS", default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..))]
     pub fair_workspace_tasks: i64,
+    /// Fair share: ready messages (not yet delivered to a worker) a task
+    /// queue may hold per consumer; held tasks of a kind are released only
+    /// while its queue holds fewer, so a newcomer's task is queued behind
+    /// few others. 0: no limit (the caps alone).
+    #[arg(long, env = "TETHER_FAIR_QUEUED_PER_CONSUMER", default_value_t = 2, value_parser = clap::value_parser!(i64).range(0..))]
+    pub fair_queued_per_consumer: i64,
     /// Days after an import finished until its task rows (and copy items)
     /// are deleted; images and failures stay. A pruned import cannot be
     /// requeued.
@@ -114,6 +119,7 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
     let share = FairShare {
         import_tasks: config.fair_import_tasks,
         workspace_tasks: config.fair_workspace_tasks.max(config.fair_import_tasks),
+        queued_per_consumer: config.fair_queued_per_consumer,
     };
     let wake = Arc::new(Notify::new());
     let handler = requests::Handler::new(

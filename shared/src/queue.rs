@@ -235,6 +235,15 @@ impl Link {
     }
 }
 
+/// What the broker says of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLoad {
+    /// Messages ready: not yet delivered to a consumer.
+    pub ready: u32,
+    /// Consumers subscribed to it.
+    pub consumers: u32,
+}
+
 /// Publishes on a confirm-mode channel and waits for each confirm. Cheap to
 /// clone; safe to use from many tasks at once.
 #[derive(Clone, Debug)]
@@ -322,8 +331,9 @@ impl Publisher {
         self.publish(EXCHANGE, ROUTING_FINISHED, body, json_properties()).await
     }
 
-    /// Messages ready in a queue Tether declared.
-    pub async fn queue_depth(&self, queue: &str) -> Result<u32, QueueError> {
+    /// Messages ready and consumers of a queue Tether declared (a passive
+    /// declare: one round trip, nothing changes).
+    pub async fn queue_load(&self, queue: &str) -> Result<QueueLoad, QueueError> {
         let declared = self
             .channel
             .queue_declare(
@@ -332,7 +342,7 @@ impl Publisher {
                 FieldTable::default(),
             )
             .await?;
-        Ok(declared.message_count())
+        Ok(QueueLoad { ready: declared.message_count(), consumers: declared.consumer_count() })
     }
 
     /// Publishes an ImportRequest or a cancel as the platform would.

@@ -189,6 +189,7 @@ impl TestEnv {
             republish_after_secs: 300.0,
             fair_import_tasks: 32,
             fair_workspace_tasks: 64,
+            fair_queued_per_consumer: 2,
             retention_days: 7.0,
         }
     }

@@ -50,16 +50,19 @@ async fn is_final(env: &TestEnv, id: Uuid) -> bool {
     env.status(id).await.is_some_and(|s| FINAL_STATES.contains(&s["state"].as_str().unwrap_or_default()))
 }
 
-/// Two workers with four listing and two copy slots each; each import may
-/// have about the fleet's listing slots released at once.
+/// Two workers with four listing and two copy slots each, and the fair
+/// share at its defaults: nothing here is tuned to the fleet's size.
 fn fleet_configs(env: &TestEnv) -> (tether_scheduler::SchedulerConfig, tether_worker::WorkerConfig) {
-    let mut scheduler = env.scheduler_config();
-    scheduler.fair_import_tasks = 8;
-    scheduler.fair_workspace_tasks = 16;
+    // `scheduler_config` keeps the fair share's defaults.
+    let scheduler = env.scheduler_config();
     let mut worker = env.worker_config();
     worker.destination = Some(format!("file://{}", env.destination_dir().display()));
     (scheduler, worker)
 }
+
+/// Objects of the big copy import: far more copy tasks than the fleet has
+/// slots, so that a newcomer queued behind its released tasks would wait.
+const BIG: i64 = 10_000;
 
 /// The shortest time alone a ratio is taken against.
 const NOISE_FLOOR_SECS: f64 = 0.5;
@@ -67,25 +70,30 @@ const NOISE_FLOOR_SECS: f64 = 0.5;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_small_copy_import_is_not_stuck_behind_a_big_one() {
     let env = TestEnv::new().await;
-    env.put_many((0..5000).map(|i| format!("big/{i:05}.jpg"))).await;
+    env.put_many((0..BIG).map(|i| format!("big/{i:05}.jpg"))).await;
     env.put_many((0..10).map(|i| format!("small/{i:02}.jpg"))).await;
-    let (mut scheduler, worker) = fleet_configs(&env);
-    // The fleet's copy slots: two workers holding two copy tasks each.
-    scheduler.fair_import_tasks = 4;
+    let (scheduler, worker) = fleet_configs(&env);
     let fleet = env.start(vec![scheduler], vec![worker.clone(), worker]).await;
     let small = ["small/".to_owned()];
 
     let alone = timed(&env, &request(&env, "ws-b", "small-alone", "copy", &small), 10).await;
     let big = env.submit(&request(&env, "ws-a", "big", "copy", &["big/".to_owned()])).await;
     // The worst case: every copy task of the big import is recorded.
-    env.wait_listed(big, 5000).await;
-    let behind = timed(&env, &request(&env, "ws-b", "small-behind", "copy", &small), 10).await;
+    env.wait_listed(big, BIG).await;
+    // Two newcomers one after the other, the faster counts: on a machine
+    // shared with other builds the whole fleet sometimes stalls for a
+    // second or two, which says nothing of the fair share; a newcomer
+    // queued behind the big import's tasks waits in both runs.
+    let mut behind = Duration::MAX;
+    for run in ["small-behind", "small-behind-again"] {
+        behind = behind.min(timed(&env, &request(&env, "ws-b", run, "copy", &small), 10).await);
+    }
     assert!(!is_final(&env, big).await, "the big import ended first: the test measured nothing");
     // Below half a second, a shared machine's scheduling noise is the
     // measure: the time alone counts as at least that (unfair dispatch is
     // x20 or more even so).
     let ratio = behind.as_secs_f64() / alone.as_secs_f64().max(NOISE_FLOOR_SECS);
-    eprintln!("copy: 10 objects alone {alone:?}, behind 5,000 objects {behind:?}: x{ratio:.2}");
+    eprintln!("copy: 10 objects alone {alone:?}, behind {BIG} objects {behind:?}: x{ratio:.2}");
     assert!(ratio <= 3.0, "the small import took x{ratio:.2} its time alone ({behind:?} vs {alone:?})");
 
     // Its end is not what this test is about (copy_import.rs checks copies).
@@ -124,4 +132,67 @@ async fn a_one_prefix_link_import_is_not_stuck_behind_a_thousand_prefixes() {
     let big = final_status(&env, big, Duration::from_secs(300)).await;
     assert_eq!((big["state"].as_str(), big["objects_imported"].as_i64()), (Some("succeeded"), Some(1000)));
     fleet.stop().await;
+}
+
+/// Released (in flight) and held tasks of an import.
+async fn task_counts(env: &TestEnv, id: Uuid) -> (i64, i64) {
+    let sql = format!(
+        "SELECT count(*) FILTER (WHERE NOT held) || ' ' || count(*) FILTER (WHERE held)
+         FROM tether.tasks WHERE import_id = '{id}' AND state = 'pending'"
+    );
+    let text = env.dump_text(&sql).await;
+    let (released, held) = text.split_once(' ').expect("two counts");
+    (released.parse().expect("a count"), held.parse().expect("a count"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_requeued_import_takes_its_fair_share_like_any_other() {
+    let env = TestEnv::new().await;
+    const PREFIXES: i64 = 20;
+    const CAP: i64 = 3;
+    let prefixes: Vec<String> = (0..PREFIXES).map(|i| format!("q{i:02}/")).collect();
+    let mut scheduler = env.scheduler_config();
+    scheduler.fair_import_tasks = CAP;
+    let schedulers = env.start(vec![scheduler], vec![]).await;
+    // Its bucket does not exist yet: every prefix fails.
+    let bucket = format!("{}-late", env.bucket);
+    let mut failing = request(&env, "ws-a", "late", "link", &prefixes);
+    failing["source"]["bucket"] = json!(bucket);
+    let workers = env.start(vec![], vec![env.worker_config()]).await;
+    let id = env.submit(&failing).await;
+    assert_eq!(final_status(&env, id, Duration::from_secs(60)).await["state"], "failed");
+    workers.stop().await;
+
+    env.s3.create_bucket().bucket(&bucket).send().await.expect("create the bucket");
+    for prefix in &prefixes {
+        let key = format!("{prefix}a.jpg");
+        env.s3.put_object().bucket(&bucket).key(&key).body(b"a".to_vec().into()).send().await.expect("put");
+    }
+    let argv = ["tetherctl", "--database-url", &env.database_url, "--amqp-url", &env.amqp_url, "requeue"];
+    let id_text = id.to_string();
+    let argv: Vec<&str> = argv.into_iter().chain([id_text.as_str(), "--actor", "@ops"]).collect();
+    assert_eq!(tetherctl::execute(argv).await, std::process::ExitCode::SUCCESS);
+
+    // Recorded held: whatever the scheduler released already is within the
+    // cap (tetherctl used to publish all 20 at once).
+    let (released, held) = task_counts(&env, id).await;
+    assert!(released <= CAP, "{released} tasks released at once, the cap is {CAP}");
+    assert_eq!(released + held, PREFIXES, "{released} released, {held} held");
+
+    // The scheduler releases them as workers take them, never past the cap.
+    let workers = env.start(vec![], vec![env.worker_config()]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !is_final(&env, id).await {
+        let (released, _) = task_counts(&env, id).await;
+        assert!(released <= CAP, "{released} tasks released at once, the cap is {CAP}");
+        assert!(Instant::now() < deadline, "the requeued import is not final after a minute");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let done = final_status(&env, id, Duration::from_secs(1)).await;
+    assert_eq!(
+        (done["state"].as_str(), done["objects_imported"].as_i64()),
+        (Some("succeeded"), Some(PREFIXES))
+    );
+    workers.stop().await;
+    schedulers.stop().await;
 }

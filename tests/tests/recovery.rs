@@ -41,8 +41,8 @@ async fn tasks_whose_message_was_lost_are_republished() {
         .expect("valid");
     let recorded = env.store.record_import(&valid.request, &valid.digest, None).await.expect("record");
     assert_eq!(recorded, Recorded::Created);
-    let share = FairShare { import_tasks: 8, workspace_tasks: 8 };
-    let released = env.store.release_tasks(share).await.expect("release");
+    let share = FairShare { import_tasks: 8, workspace_tasks: 8, queued_per_consumer: 2 };
+    let released = env.store.release_tasks(share, |_| i64::MAX).await.expect("release");
     assert_eq!(released.len(), 1, "{released:?}");
     let mut scheduler = env.scheduler_config();
     scheduler.republish_after_secs = 1.0;

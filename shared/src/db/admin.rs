@@ -5,9 +5,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::tasks::insert_copy_task;
+use super::wakeups::wake_scheduler;
 use super::{DbError, Store};
 use crate::task::CopyItem;
-use crate::task::{TaskKind, TaskMessage};
 
 /// Which imports `tetherctl list` shows.
 #[derive(Debug, Clone, Default)]
@@ -21,11 +21,11 @@ pub struct ListFilter {
 /// What a requeue did.
 #[derive(Debug)]
 pub enum Requeued {
-    /// The import runs again; publish these tasks.
+    /// The import runs again: its tasks are held, for the scheduler to
+    /// release within the fair share like any other.
     Requeued {
         prefixes: usize,
         objects: usize,
-        tasks: Vec<(TaskKind, TaskMessage)>,
     },
     NotFound,
     /// Only failed and partially succeeded imports can be requeued.
@@ -34,8 +34,10 @@ pub enum Requeued {
     NothingToRetry,
 }
 
-/// Objects per copy task made by a requeue.
-const REQUEUE_BATCH: usize = 100;
+/// Objects per copy task made by a requeue: the workers' default
+/// `TETHER_COPY_BATCH_OBJECTS`, so that a requeued task keeps a newcomer
+/// waiting no longer than any other copy task (the fair share cuts none short).
+const REQUEUE_BATCH: usize = 20;
 
 impl Store {
     /// `tether.import_status` rows, newest first.
@@ -76,7 +78,9 @@ impl Store {
     /// Makes a failed or partially succeeded import run again: failed and
     /// stopped tasks resume from their checkpoint, failed copies are tried
     /// again, their failures are no longer counted. The scheduler finishes it
-    /// again (a new FinishedEvent, revision + 1).
+    /// again (a new FinishedEvent, revision + 1). Its tasks are recorded
+    /// held and the scheduler woken: a requeue of a big import takes its
+    /// fair share of the fleet, no more.
     pub async fn requeue_import(&self, import_id: Uuid) -> Result<Requeued, DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -112,10 +116,10 @@ impl Store {
         }
         let resumed = tx
             .query(
-                "UPDATE tether.tasks SET state = 'pending', seq = seq + 1, attempts = 0, held = false,
-                        published_at = now(), updated_at = now()
+                "UPDATE tether.tasks SET state = 'pending', seq = seq + 1, attempts = 0, held = true,
+                        updated_at = now()
                  WHERE import_id = $1 AND state IN ('failed', 'cancelled')
-                 RETURNING task_id, seq, kind",
+                 RETURNING task_id",
                 &[&import_id],
             )
             .await?;
@@ -144,15 +148,8 @@ impl Store {
         if resumed.is_empty() && items.is_empty() {
             return Ok(Requeued::NothingToRetry);
         }
-        let mut tasks: Vec<(TaskKind, TaskMessage)> = resumed
-            .iter()
-            .filter_map(|r| {
-                Some((TaskKind::parse(r.get(2))?, TaskMessage { task_id: r.get(0), seq: r.get(1) }))
-            })
-            .collect();
         for batch in items.chunks(REQUEUE_BATCH) {
-            // Published by `tetherctl` itself, outside the fair share.
-            tasks.push((TaskKind::Copy, insert_copy_task(&tx, import_id, batch, false).await?));
+            insert_copy_task(&tx, import_id, batch, true).await?;
         }
         tx.execute(
             "UPDATE tether.imports SET state = 'running', error = NULL, finished_at = NULL,
@@ -161,7 +158,9 @@ impl Store {
             &[&import_id, &(items.len() as i64)],
         )
         .await?;
+        // Resumed tasks are updates, which no trigger announces.
+        wake_scheduler(&tx).await?;
         tx.commit().await?;
-        Ok(Requeued::Requeued { prefixes: prefixes as usize, objects: items.len(), tasks })
+        Ok(Requeued::Requeued { prefixes: prefixes as usize, objects: items.len() })
     }
 }

@@ -7,9 +7,15 @@
 //! [`FairShare::import_tasks`] tasks of one kind of one import and
 //! [`FairShare::workspace_tasks`] of one workspace released (queued or in a
 //! worker's hands) at once. Releases go to the workspace with the fewest
-//! tasks in flight first, and within it to the import with the fewest, so
-//! with N imports running a new one waits behind at most N shares, however
-//! large the others are.
+//! tasks in flight first, and within it to the import with the fewest.
+//!
+//! The caps alone still let the queue grow deep (tens of tasks, while the
+//! fleet has a few slots), and a task released now waits behind all of them.
+//! So a pass also releases no more of a kind than its queue has room for
+//! (the caller's `room`: the scheduler keeps a few ready messages per
+//! consumer): the queue stays shallow, whoever comes next is released at the
+//! next free place, and a newcomer waits for about one task of the others,
+//! however many imports run and however large.
 //!
 //! A listing task keeps its slot while it pages on (the next page is the
 //! same task) and hands it to its first sub-prefix task when it ends (see
@@ -28,14 +34,26 @@ use crate::task::{TaskKind, TaskMessage};
 /// An arbitrary constant: the advisory lock of a release pass.
 const DISPATCH_LOCK: i64 = 0x7e7e_0015;
 
-/// The caps of the fair share, per task kind (`TETHER_FAIR_IMPORT_TASKS`,
-/// `TETHER_FAIR_WORKSPACE_TASKS`).
+/// The settings of the fair share, per task kind (`TETHER_FAIR_IMPORT_TASKS`,
+/// `TETHER_FAIR_WORKSPACE_TASKS`, `TETHER_FAIR_QUEUED_PER_CONSUMER`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FairShare {
     /// Tasks of one kind of one import released at once.
     pub import_tasks: i64,
     /// Tasks of one kind of one workspace released at once.
     pub workspace_tasks: i64,
+    /// Ready messages a task queue may hold per consumer; 0: no limit.
+    pub queued_per_consumer: i64,
+}
+
+impl FairShare {
+    /// The ready messages a task queue with `consumers` consumers may hold:
+    /// `queued_per_consumer` each, one consumer's worth while none is
+    /// connected (work waits for the fleet's return, not a flood); `None`
+    /// without a limit.
+    pub fn queue_depth(&self, consumers: u32) -> Option<i64> {
+        (self.queued_per_consumer > 0).then(|| self.queued_per_consumer * i64::from(consumers.max(1)))
+    }
 }
 
 /// One import's tasks of one kind, as a release pass sees them.
@@ -62,10 +80,12 @@ pub struct WorkspaceLoad {
 /// How many tasks of each lane to release: the lanes come oldest import
 /// first, which breaks ties. Each task goes to the workspace with the fewest
 /// tasks of its kind in flight, and within it to the import with the fewest,
-/// until every lane is empty or at a cap.
-pub fn allocate(lanes: &[Lane], share: FairShare) -> Vec<(usize, i64)> {
+/// until every lane is empty or at a cap, or `room(kind)` tasks of the kind
+/// are granted.
+pub fn allocate(lanes: &[Lane], share: FairShare, room: impl Fn(TaskKind) -> i64) -> Vec<(usize, i64)> {
     let mut grants = vec![0_i64; lanes.len()];
     for kind in TaskKind::ALL {
+        let mut queue_room = room(kind);
         // Workspaces of this kind in order of first appearance, with their lanes.
         let mut order: Vec<&str> = Vec::new();
         let mut by_workspace: HashMap<&str, (i64, Vec<usize>)> = HashMap::new();
@@ -77,7 +97,7 @@ pub fn allocate(lanes: &[Lane], share: FairShare) -> Vec<(usize, i64)> {
             entry.0 += lane.in_flight;
             entry.1.push(i);
         }
-        let room = |i: usize, grants: &[i64]| {
+        let has_room = |i: usize, grants: &[i64]| {
             let lane = &lanes[i];
             lane.held > grants[i] && lane.in_flight + grants[i] < share.import_tasks
         };
@@ -87,15 +107,17 @@ pub fn allocate(lanes: &[Lane], share: FairShare) -> Vec<(usize, i64)> {
             .filter(|(_, w)| by_workspace[*w].0 < share.workspace_tasks)
             .map(|(n, w)| Reverse((by_workspace[*w].0, n)))
             .collect();
-        while let Some(Reverse((in_flight, n))) = heap.pop() {
+        while queue_room > 0 {
+            let Some(Reverse((in_flight, n))) = heap.pop() else { break };
             let lanes_of = &by_workspace[order[n]].1;
             let next = lanes_of
                 .iter()
                 .copied()
-                .filter(|&i| room(i, &grants))
+                .filter(|&i| has_room(i, &grants))
                 .min_by_key(|&i| (lanes[i].in_flight + grants[i], i));
             let Some(i) = next else { continue };
             grants[i] += 1;
+            queue_room -= 1;
             if in_flight + 1 < share.workspace_tasks {
                 heap.push(Reverse((in_flight + 1, n)));
             }
@@ -105,15 +127,20 @@ pub fn allocate(lanes: &[Lane], share: FairShare) -> Vec<(usize, i64)> {
 }
 
 impl Store {
-    /// Releases held tasks within the fair share and returns their messages,
-    /// to publish. A crash before they are published loses nothing: they
-    /// are re-published like any task whose message was lost.
-    pub async fn release_tasks(&self, share: FairShare) -> Result<Vec<(TaskKind, TaskMessage)>, DbError> {
+    /// Releases held tasks within the fair share, at most `room(kind)` of a
+    /// kind, and returns their messages, to publish. A crash before they are
+    /// published loses nothing: they are re-published like any task whose
+    /// message was lost.
+    pub async fn release_tasks(
+        &self,
+        share: FairShare,
+        room: impl Fn(TaskKind) -> i64,
+    ) -> Result<Vec<(TaskKind, TaskMessage)>, DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DISPATCH_LOCK]).await?;
         let lanes = lanes(&tx, share.import_tasks).await?;
-        let grants = allocate(&lanes, share);
+        let grants = allocate(&lanes, share, room);
         if grants.is_empty() {
             return Ok(Vec::new());
         }
@@ -215,18 +242,22 @@ mod tests {
         Lane { import_id: Uuid::from_u128(n), workspace_id: workspace.into(), kind, in_flight, held }
     }
 
-    const SHARE: FairShare = FairShare { import_tasks: 4, workspace_tasks: 6 };
+    const SHARE: FairShare = FairShare { import_tasks: 4, workspace_tasks: 6, queued_per_consumer: 2 };
+
+    fn unlimited(_: TaskKind) -> i64 {
+        i64::MAX
+    }
 
     #[test]
     fn a_lone_import_gets_its_cap() {
         let lanes = [lane("a", 1, TaskKind::Copy, 0, 100)];
-        assert_eq!(allocate(&lanes, SHARE), vec![(0, 4)]);
+        assert_eq!(allocate(&lanes, SHARE, unlimited), vec![(0, 4)]);
     }
 
     #[test]
     fn a_newcomer_gets_its_share_while_the_big_import_is_full() {
         let lanes = [lane("a", 1, TaskKind::Copy, 4, 5000), lane("b", 2, TaskKind::Copy, 0, 1)];
-        assert_eq!(allocate(&lanes, SHARE), vec![(1, 1)]);
+        assert_eq!(allocate(&lanes, SHARE, unlimited), vec![(1, 1)]);
     }
 
     #[test]
@@ -237,7 +268,7 @@ mod tests {
             lane("a", 3, TaskKind::List, 0, 100),
         ];
         // 6 - 2 = 4 free in the workspace: the two empty imports first.
-        assert_eq!(allocate(&lanes, SHARE), vec![(1, 2), (2, 2)]);
+        assert_eq!(allocate(&lanes, SHARE, unlimited), vec![(1, 2), (2, 2)]);
     }
 
     #[test]
@@ -248,12 +279,37 @@ mod tests {
             lane("b", 2, TaskKind::List, 0, 100),
             lane("c", 3, TaskKind::List, 4, 0),
         ];
-        assert_eq!(allocate(&lanes, SHARE), vec![(0, 1), (1, 2), (2, 4)]);
+        assert_eq!(allocate(&lanes, SHARE, unlimited), vec![(0, 1), (1, 2), (2, 4)]);
     }
 
     #[test]
     fn nothing_is_released_past_a_cap() {
         let lanes = [lane("a", 1, TaskKind::Copy, 4, 10), lane("a", 2, TaskKind::Copy, 2, 10)];
-        assert_eq!(allocate(&lanes, SHARE), Vec::<(usize, i64)>::new());
+        assert_eq!(allocate(&lanes, SHARE, unlimited), Vec::<(usize, i64)>::new());
+    }
+
+    #[test]
+    fn a_shallow_queue_goes_to_the_newcomer_first() {
+        let lanes = [lane("a", 1, TaskKind::Copy, 2, 5000), lane("b", 2, TaskKind::Copy, 0, 10)];
+        // One place in the queue: the import with nothing in flight takes it.
+        assert_eq!(allocate(&lanes, SHARE, |_| 1), vec![(1, 1)]);
+        // Three: then round-robin, the big import's turn at equal counts.
+        assert_eq!(allocate(&lanes, SHARE, |_| 3), vec![(0, 1), (1, 2)]);
+    }
+
+    #[test]
+    fn each_kind_has_its_own_room_and_none_releases_nothing() {
+        let lanes = [lane("a", 1, TaskKind::List, 0, 100), lane("a", 1, TaskKind::Copy, 0, 100)];
+        let room = |kind| if kind == TaskKind::List { 2 } else { 0 };
+        assert_eq!(allocate(&lanes, SHARE, room), vec![(0, 2)]);
+        // The caps stay upper bounds whatever the room.
+        assert_eq!(allocate(&lanes, SHARE, |_| 100), vec![(0, 4), (1, 4)]);
+    }
+
+    #[test]
+    fn the_queue_depth_follows_the_consumers() {
+        assert_eq!(SHARE.queue_depth(3), Some(6));
+        assert_eq!(SHARE.queue_depth(0), Some(2));
+        assert_eq!(FairShare { queued_per_consumer: 0, ..SHARE }.queue_depth(3), None);
     }
 }

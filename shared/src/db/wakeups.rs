@@ -3,6 +3,8 @@
 //! a connection of its own and runs its housekeeping at once, so an import
 //! is final milliseconds after its last page rather than at the next tick.
 //! A lost connection is re-made with backoff; meanwhile the tick still works.
+//! Writers that record held tasks without a trigger to announce them (a
+//! requeue resumes tasks by updating them) call [`wake_scheduler`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +15,16 @@ use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 use tokio_util::sync::CancellationToken;
 
-use super::Store;
+use super::{DbError, Store};
 
 const CHANNEL: &str = "tether_task_ended";
+
+/// Wakes the schedulers when `tx` commits (a notification on the channel
+/// the triggers use), so that held tasks it recorded are released at once.
+pub(crate) async fn wake_scheduler(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), DbError> {
+    tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+    Ok(())
+}
 
 impl Store {
     /// Calls `wake.notify_one()` whenever a task ends, until `stop`.

@@ -61,6 +61,12 @@ pub struct Metrics {
     pub fair_share: GaugeVec,
     /// kind (scheduler): tasks released to RabbitMQ
     pub fair_releases: IntCounterVec,
+    /// kind (scheduler): ready messages the last release pass saw in the
+    /// kind's task queue
+    pub fair_queue_ready: IntGaugeVec,
+    /// kind (scheduler): ready messages a release pass lets the kind's task
+    /// queue hold (a few per consumer)
+    pub fair_queue_depth: IntGaugeVec,
     /// provider, class (list | read): seconds spent waiting for the
     /// bucket's request budget
     pub budget_wait: CounterVec,
@@ -267,6 +273,18 @@ impl Metrics {
                 &r,
                 "tether_fair_releases_total",
                 "Held tasks released to RabbitMQ by the fair share, by kind.",
+                &["kind"],
+            ),
+            fair_queue_ready: gauge_vec(
+                &r,
+                "tether_fair_queue_ready",
+                "Ready messages the last release pass saw in the task queue of a kind.",
+                &["kind"],
+            ),
+            fair_queue_depth: gauge_vec(
+                &r,
+                "tether_fair_queue_depth",
+                "Ready messages a release pass lets the task queue of a kind hold.",
                 &["kind"],
             ),
             budget_wait: float_counter_vec(
