@@ -23,10 +23,10 @@
 //! List Blobs cannot start at a key, so Azure prefixes are not split.
 
 /// A first page shorter than this is not split: its chain is short enough,
-/// or its pages too small for probes to pay.
+/// or its pages too small to estimate parts from.
 pub(crate) const MIN_PAGE: usize = 16;
 /// Candidate keys one split considers at most.
-const MOST_PROBES: usize = 24;
+const MOST_CANDIDATES: usize = 24;
 /// A part is made only where it is estimated to hold this many pages.
 pub(crate) const MIN_PART_PAGES: f64 = 4.0;
 /// Bytes of a key that [`thin`]'s estimate reads (an `f64` holds about 6).
@@ -68,9 +68,9 @@ pub(crate) fn candidates(prefix: &str, first: &str, last: &str, end: Option<&str
     keys.retain(|k| k.as_str() > last && end.is_none_or(|end| k.as_str() < end));
     keys.sort_unstable();
     keys.dedup();
-    if keys.len() > MOST_PROBES {
-        let step = keys.len() as f64 / MOST_PROBES as f64;
-        keys = (0..MOST_PROBES).map(|i| keys[(i as f64 * step) as usize].clone()).collect();
+    if keys.len() > MOST_CANDIDATES {
+        let step = keys.len() as f64 / MOST_CANDIDATES as f64;
+        keys = (0..MOST_CANDIDATES).map(|i| keys[(i as f64 * step) as usize].clone()).collect();
     }
     keys
 }
@@ -176,7 +176,7 @@ mod tests {
         for expected in ["flat/001", "flat/009", "flat/01", "flat/09"] {
             assert!(keys.contains(&expected.to_owned()), "{expected} in {keys:?}");
         }
-        assert!(keys.len() <= super::MOST_PROBES);
+        assert!(keys.len() <= super::MOST_CANDIDATES);
         assert!(keys.iter().all(|k| k.as_str() > "flat/000999.jpg" && !k[5..].contains('/')), "{keys:?}");
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "sorted: {keys:?}");
     }
