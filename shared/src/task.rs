@@ -109,6 +109,12 @@ pub struct ListPosition {
     pub end_before: Option<String>,
 }
 
+/// Objects per copy task unless `TETHER_COPY_BATCH_OBJECTS` says
+/// otherwise: a copy task is the unit the fair share cannot cut short, so
+/// a newcomer waits for about one of them (the worker's default, and the
+/// batch of a requeue).
+pub const DEFAULT_COPY_BATCH_OBJECTS: usize = 20;
+
 /// What a task does.
 #[derive(Debug, Clone)]
 pub enum Work {

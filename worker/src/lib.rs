@@ -140,7 +140,7 @@ pub struct WorkerConfig {
     #[arg(long, env = "TETHER_COPY_READ_AHEAD_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub copy_read_ahead_bytes: usize,
     /// At most this many objects per copy task.
-    #[arg(long, env = "TETHER_COPY_BATCH_OBJECTS", default_value_t = 20)]
+    #[arg(long, env = "TETHER_COPY_BATCH_OBJECTS", default_value_t = tether_shared::task::DEFAULT_COPY_BATCH_OBJECTS)]
     pub copy_batch_objects: usize,
     /// At most this many bytes per copy task (one larger object goes alone).
     #[arg(long, env = "TETHER_COPY_BATCH_BYTES", default_value_t = 1 << 30)]

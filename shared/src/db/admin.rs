@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::tasks::insert_copy_task;
 use super::wakeups::wake_scheduler;
 use super::{DbError, Store};
-use crate::task::CopyItem;
+use crate::task::{CopyItem, DEFAULT_COPY_BATCH_OBJECTS};
 
 /// Which imports `tetherctl list` shows.
 #[derive(Debug, Clone, Default)]
@@ -33,11 +33,6 @@ pub enum Requeued {
     /// Nothing failed that a requeue can retry (too_large objects stay).
     NothingToRetry,
 }
-
-/// Objects per copy task made by a requeue: the workers' default
-/// `TETHER_COPY_BATCH_OBJECTS`, so that a requeued task keeps a newcomer
-/// waiting no longer than any other copy task (the fair share cuts none short).
-const REQUEUE_BATCH: usize = 20;
 
 impl Store {
     /// `tether.import_status` rows, newest first.
@@ -148,7 +143,7 @@ impl Store {
         if resumed.is_empty() && items.is_empty() {
             return Ok(Requeued::NothingToRetry);
         }
-        for batch in items.chunks(REQUEUE_BATCH) {
+        for batch in items.chunks(DEFAULT_COPY_BATCH_OBJECTS) {
             insert_copy_task(&tx, import_id, batch, true).await?;
         }
         tx.execute(
